@@ -1,0 +1,128 @@
+"""Multi-layer patch embeddings on the stride-4 grid, batched, with an on-disk feature cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+
+
+def combine_layers(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Bring every map to the first map's grid by nearest-neighbour upsampling and concatenate.
+
+    This is what the official code's unfold/fold `embedding_concat` computes (tested).
+    """
+    height, width = maps[0].shape[-2:]
+    resized = [maps[0]] + [F.interpolate(m, size=(height, width), mode="nearest") for m in maps[1:]]
+    return torch.cat(resized, dim=1)
+
+
+def embed(backbone: Backbone, images01: torch.Tensor) -> torch.Tensor:
+    """Patch embeddings [B, C, H/4, W/4] of a batch of images in 0..1."""
+    return combine_layers(backbone(images01))
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that determines a set of extracted features."""
+
+    dataset: str
+    category: str
+    split: str
+    backbone: str
+    weights: str
+    layers: tuple[str, ...]
+    image_size: int
+    n_images: int
+
+    def digest(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def filename(self) -> str:
+        return f"{self.category}_{self.split}_{self.backbone.replace(':', '-')}_{self.digest()}.pt"
+
+
+def _images_of(batch: dict | torch.Tensor) -> torch.Tensor:
+    return batch["image"] if isinstance(batch, dict) else batch
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: Backbone,
+    data: Dataset | Iterable,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    description: str = "features",
+) -> torch.Tensor:
+    """Embed every image of a dataset (or an iterable of batches); returns [N, C, h, w] on the CPU."""
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
+    backbone = backbone.to(device).eval()
+    chunks = []
+    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+        chunks.append(embed(backbone, _images_of(batch).to(device)).to("cpu", dtype))
+    if not chunks:
+        raise ValueError("No images to extract features from: the dataset is empty.")
+    return torch.cat(chunks)
+
+
+class FeatureCache:
+    """Feature tensors on disk, keyed by dataset, category, split, backbone, layers and image size."""
+
+    def __init__(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        self.directory = Path(directory)
+        self.dtype = dtype
+
+    def path(self, key: CacheKey) -> Path:
+        return self.directory / key.filename()
+
+    def load(self, key: CacheKey) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("key") != asdict(key) | {"layers": list(key.layers)}:
+            return None
+        return stored["features"].float()
+
+    def save(self, key: CacheKey, features: torch.Tensor) -> Path:
+        """Write atomically: a temporary file in the same folder, then a rename."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        payload = {"key": asdict(key) | {"layers": list(key.layers)}, "features": features.to(self.dtype)}
+        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(payload, temporary)
+            os.replace(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+        return path
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob("*.pt")) if self.directory.is_dir() else 0
+
+    def get_or_extract(
+        self, key: CacheKey, backbone: Backbone, data: Dataset, batch_size: int = 8,
+        device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
+        """Cached features when present; otherwise extract, store and return them."""
+        cached = self.load(key)
+        if cached is not None:
+            return cached
+        features = extract_features(backbone, data, batch_size, device, description=f"{key.category}/{key.split}")
+        self.save(key, features)
+        return features

@@ -1,0 +1,61 @@
+"""Backbone registry: offline weights, explicit random weights, clear errors."""
+
+import pytest
+import torch
+
+from protoad_lib import backbones
+from protoad_lib.backbones import WeightsUnavailableError, load_backbone
+
+
+def test_efficientnet_lite0_loads_real_imagenet_weights():
+    pretrained = load_backbone("efficientnet_lite0")
+    state = torch.load(backbones.efficientnet_lite0_weights(), weights_only=True)
+    stem = pretrained.body.stem[0].weight
+    torch.testing.assert_close(stem, state["_conv_stem.weight"])
+
+
+def test_random_weights_only_when_asked_for_by_name():
+    random = load_backbone("efficientnet_lite0", weights="random")
+    pretrained = load_backbone("efficientnet_lite0")
+    assert random.weights == "random"
+    assert not torch.equal(random.body.stem[0].weight, pretrained.body.stem[0].weight)
+
+
+def test_missing_torchvision_weights_raise_error_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("PROTOAD_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as error:
+        load_backbone("wide_resnet50_2")
+    message = str(error.value)
+    assert "wide_resnet50_2-95faca4d.pth" in message and str(tmp_path) in message
+
+
+def test_torchvision_weights_are_read_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    reference = load_backbone("resnet18", weights="random")
+    full_state = {f"{name}": value for name, value in _resnet18_state(reference).items()}
+    target = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    target.parent.mkdir(parents=True)
+    torch.save(full_state, target)
+    loaded = load_backbone("resnet18")
+    torch.testing.assert_close(loaded.body.stem[0].weight, reference.body.stem[0].weight)
+
+
+def _resnet18_state(backbone):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1.weight.data.copy_(backbone.body.stem[0].weight)
+    return net.state_dict()
+
+
+def test_unknown_backbone_lists_known_names():
+    with pytest.raises(KeyError, match="efficientnet_lite0"):
+        load_backbone("no_such_net")
+
+
+def test_wide_resnet50_2_shapes_with_random_weights():
+    backbone = load_backbone("wide_resnet50_2", weights="random")
+    maps = backbone(torch.rand(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == [256, 512, 1024] and backbone.out_channels == 1792
+    assert [m.shape[-1] for m in maps] == [16, 8, 4]
