@@ -1,0 +1,113 @@
+"""The interface shared by ProtoAD, PatchCore and PaDiM: fit on good images, predict maps and scores."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .postprocess import AnomalyMapHead
+
+
+@dataclass
+class Predictions:
+    """Anomaly maps [N, H, W] and image scores [N] for a whole dataset, on the CPU."""
+
+    maps: torch.Tensor
+    scores: torch.Tensor
+
+
+def split_layers(features: torch.Tensor, channels: list[int], strides: list[int]) -> list[torch.Tensor]:
+    """Recover each layer's own map from a stride-4 combined embedding (the inverse of `combine_layers`)."""
+    maps = []
+    start = 0
+    for width, stride in zip(channels, strides):
+        step = stride // strides[0]
+        maps.append(features[:, start : start + width, ::step, ::step])
+        start += width
+    return maps
+
+
+def as_loader(data: Dataset | Iterable, batch_size: int) -> Iterable:
+    return DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
+
+
+class AnomalyDetector(nn.Module, ABC):
+    """Backbone -> method-specific features -> patch scores -> anomaly map and image score.
+
+    Subclasses implement `features_from_maps`, `fit_features` and `patch_scores`; fitting from
+    a dataset, prediction over a dataset and the end-to-end `forward` come from here.
+    """
+
+    method: str = "detector"
+
+    def __init__(self, backbone: Backbone, sigma: float = 4.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.map_head = AnomalyMapHead(sigma)
+
+    @abstractmethod
+    def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The method's patch features [B, C, h, w] from the backbone's tapped maps."""
+
+    @abstractmethod
+    def fit_features(self, features: torch.Tensor) -> "AnomalyDetector":
+        """Fit on the patch features [N, C, h, w] of the good training images."""
+
+    @abstractmethod
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Anomaly scores [B, h, w] of patch features [B, C, h, w] (the method's head alone)."""
+
+    def features_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The method's features from a cached stride-4 embedding of all backbone layers."""
+        return self.features_from_maps(split_layers(embedding, self.backbone.channels, self.backbone.strides))
+
+    def image_scores(self, patch_scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Image score rule; the default is the maximum of the smoothed anomaly map."""
+        return maps.amax(dim=(1, 2))
+
+    def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patch_scores = self.patch_scores(self.features_from_maps(self.backbone(images01)))
+        maps = self.map_head(patch_scores, images01.shape[-2:])
+        return maps, self.image_scores(patch_scores, maps)
+
+    @torch.inference_mode()
+    def fit(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
+            progress: bool = True) -> "AnomalyDetector":
+        """Extract features of the good training images and fit on them."""
+        self.to(device).eval()
+        chunks = [
+            self.features_from_maps(self.backbone(batch["image"].to(device))).cpu()
+            for batch in tqdm(as_loader(data, batch_size), desc=f"{self.method}: features", disable=not progress)
+        ]
+        return self.fit_features(torch.cat(chunks))
+
+    @torch.inference_mode()
+    def predict(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
+                progress: bool = True) -> Predictions:
+        """Anomaly maps and image scores for every image of a dataset."""
+        self.to(device).eval()
+        maps, scores = [], []
+        for batch in tqdm(as_loader(data, batch_size), desc=f"{self.method}: predict", disable=not progress):
+            batch_maps, batch_scores = self(batch["image"].to(device))
+            maps.append(batch_maps.cpu())
+            scores.append(batch_scores.cpu())
+        return Predictions(torch.cat(maps), torch.cat(scores))
+
+    @torch.inference_mode()
+    def predict_embeddings(self, embeddings: torch.Tensor, image_size: tuple[int, int],
+                           batch_size: int = 16) -> Predictions:
+        """Maps and scores from cached stride-4 embeddings, skipping the backbone."""
+        maps, scores = [], []
+        for start in range(0, len(embeddings), batch_size):
+            patch_scores = self.patch_scores(self.features_from_embedding(embeddings[start : start + batch_size]))
+            batch_maps = self.map_head(patch_scores, image_size)
+            maps.append(batch_maps)
+            scores.append(self.image_scores(patch_scores, batch_maps))
+        return Predictions(torch.cat(maps), torch.cat(scores))
