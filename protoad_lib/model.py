@@ -1,0 +1,123 @@
+"""The ProtoAD network: backbone -> L2 norm -> 1x1 prototype convolution -> max -> 1 - x -> map."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone
+from .clustering import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, PrototypeSet, build_prototypes
+from .detector import AnomalyDetector
+from .features import combine_layers
+
+
+class PrototypeHead(nn.Module):
+    """Cosine similarity to K prototypes as a 1x1 convolution, then `1 - max_k`: patch scores [B, h, w]."""
+
+    def __init__(self, prototypes: torch.Tensor) -> None:
+        super().__init__()
+        k, channels = prototypes.shape
+        self.conv = nn.Conv2d(channels, k, kernel_size=1, bias=False)
+        self.set_prototypes(prototypes)
+        self.requires_grad_(False)
+
+    def set_prototypes(self, prototypes: torch.Tensor) -> None:
+        unit = F.normalize(prototypes.float(), dim=1)
+        self.conv.weight.data = unit[:, :, None, None].clone()
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        return self.conv.weight[:, :, 0, 0]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        similarity = self.conv(F.normalize(features, dim=1))
+        return 1.0 - similarity.amax(dim=1)
+
+
+@dataclass
+class ProtoADConfig:
+    """How the prototypes are built (FINCH by default; the others are ablations)."""
+
+    method: str = "finch"
+    k: int | None = None
+    level: int | None = None
+    max_prototypes: int = DEFAULT_MAX_PROTOTYPES
+    max_vectors: int = DEFAULT_MAX_VECTORS
+    subsampling: str = "stratified"
+    knn_index: str = "exact"
+    seed: int = 0
+    image_score: str = "max"
+
+
+class ProtoAD(AnomalyDetector):
+    """Training-free prototype network; `s_ij = 1 - max_k cos(x_ij, m_k)`, map smoothed with sigma 4."""
+
+    method = "protoad"
+
+    def __init__(self, backbone: Backbone, sigma: float = 4.0, config: ProtoADConfig | None = None,
+                 prototypes: torch.Tensor | None = None) -> None:
+        super().__init__(backbone, sigma)
+        self.settings = config or ProtoADConfig()
+        if self.settings.image_score not in ("max", "mean_top1pct"):
+            raise ValueError(f"Unknown image score rule {self.settings.image_score!r}; use 'max' or 'mean_top1pct'.")
+        self.head = PrototypeHead(prototypes) if prototypes is not None else None
+        self.prototype_set: PrototypeSet | None = None
+
+    @property
+    def k(self) -> int:
+        return 0 if self.head is None else self.head.prototypes.shape[0]
+
+    def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return combine_layers(maps)
+
+    def fit_features(self, features: torch.Tensor, progress: bool = True) -> "ProtoAD":
+        s = self.settings
+        self.prototype_set = build_prototypes(
+            features, method=s.method, k=s.k, level=s.level, max_prototypes=s.max_prototypes,
+            max_vectors=s.max_vectors, subsampling=s.subsampling, knn_index=s.knn_index, seed=s.seed,
+            progress=progress,
+        )
+        self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes)).to(features.device)
+        return self
+
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("ProtoAD has no prototypes yet: call fit() or load a checkpoint first.")
+        return self.head(features)
+
+    def image_scores(self, patch_scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        if self.settings.image_score == "max":
+            return maps.amax(dim=(1, 2))
+        flat = maps.flatten(1)
+        top = max(1, flat.shape[1] // 100)
+        return flat.topk(top, dim=1).values.mean(dim=1)
+
+    def config(self) -> dict:
+        return asdict(self.settings) | {"level": self.prototype_set.level if self.prototype_set else self.settings.level}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"prototypes": self.head.prototypes.detach().cpu().contiguous()}
+
+    @classmethod
+    def from_state(cls, backbone: Backbone, sigma: float, config: dict, tensors: dict[str, torch.Tensor]) -> "ProtoAD":
+        return cls(backbone, sigma, ProtoADConfig(**config), prototypes=tensors["prototypes"])
+
+
+def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Brute-force reference: 1 - max cosine similarity of every patch to every prototype, [B, h, w]."""
+    batch, channels, height, width = features.shape
+    patches = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, channels).double(), dim=1)
+    similarity = patches @ F.normalize(prototypes.double(), dim=1).T
+    return (1.0 - similarity.max(dim=1).values).view(batch, height, width).float()
+
+
+def prototype_usage(features: torch.Tensor, prototypes: torch.Tensor) -> np.ndarray:
+    """How many patches pick each prototype as their nearest one (length K)."""
+    channels = features.shape[1]
+    patches = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, channels), dim=1)
+    nearest = (patches @ F.normalize(prototypes, dim=1).T).argmax(dim=1)
+    return np.bincount(nearest.numpy(), minlength=prototypes.shape[0])

@@ -1,0 +1,58 @@
+"""ProtoAD network: equals brute-force nearest-prototype search; smoothing matches scipy."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from protoad_lib.backbones import load_backbone
+from protoad_lib.model import ProtoAD, ProtoADConfig, PrototypeHead, nearest_prototype_distance
+from protoad_lib.postprocess import AnomalyMapHead, GaussianBlur
+
+
+def test_prototype_head_equals_brute_force_nearest_prototype_distance():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 40, 12, 12, generator=generator)
+    prototypes = torch.randn(57, 40, generator=generator)
+    head = PrototypeHead(prototypes)
+    torch.testing.assert_close(head(features), nearest_prototype_distance(features, prototypes), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0])
+def test_gaussian_blur_matches_scipy(sigma):
+    maps = torch.rand(2, 56, 48, generator=torch.Generator().manual_seed(1))
+    ours = GaussianBlur(sigma)(maps).numpy()
+    reference = np.stack([gaussian_filter(m, sigma=sigma, mode="reflect") for m in maps.double().numpy()])
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+
+
+def test_gaussian_blur_wider_than_the_map_matches_scipy():
+    maps = torch.rand(1, 9, 7, generator=torch.Generator().manual_seed(2))
+    ours = GaussianBlur(4.0)(maps).numpy()
+    np.testing.assert_allclose(ours[0], gaussian_filter(maps[0].double().numpy(), sigma=4.0), atol=1e-6)
+
+
+def test_map_head_is_bilinear_upsampling_then_smoothing():
+    patch = torch.zeros(1, 4, 4)
+    patch[0, 1, 2] = 1.0
+    maps = AnomalyMapHead(sigma=0)(patch, (16, 16))
+    assert maps.shape == (1, 16, 16)
+    assert maps[0].argmax().item() // 16 in (5, 6) and maps[0].argmax().item() % 16 in (9, 10)
+
+
+def test_protoad_fit_predict_end_to_end_and_defect_scores_higher():
+    backbone = load_backbone("efficientnet_lite0")
+    rng = torch.Generator().manual_seed(3)
+    stripes = (torch.arange(96).view(1, 96) // 6 % 2).float().expand(96, 96)
+    good = torch.stack([0.3 + 0.4 * stripes.expand(3, 96, 96) + 0.02 * torch.rand(3, 96, 96, generator=rng)
+                        for _ in range(6)])
+    model = ProtoAD(backbone, config=ProtoADConfig(max_vectors=2000))
+    model.fit([{"image": good}], progress=False)
+    assert 1 < model.k <= 1000
+    defect = good[:1].clone()
+    defect[:, :, 40:56, 40:56] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    maps, scores = model(torch.cat([good[:1], defect]))
+    assert maps.shape == (2, 96, 96)
+    assert scores[1] > scores[0] + 0.05
+    peak = maps[1].argmax().item()
+    assert 30 <= peak // 96 <= 66 and 30 <= peak % 96 <= 66
