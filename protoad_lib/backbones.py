@@ -31,6 +31,7 @@ class Backbone(nn.Module):
         self,
         name: str,
         body: nn.Module,
+        layers: list[str],
         channels: list[int],
         strides: list[int],
         mean: tuple[float, float, float],
@@ -40,6 +41,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.name = name
         self.body = body
+        self.layers = list(layers)
         self.channels = list(channels)
         self.strides = list(strides)
         self.weights = weights
@@ -163,7 +165,7 @@ def _torchvision_resnet(arch: str) -> Callable[[str, list[str] | None], Backbone
         expansion = 4 if arch == "wide_resnet50_2" else 1
         channels = [widths[name] * expansion for name in layers]
         strides = [{"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}[name] for name in layers]
-        return Backbone(arch, ResNetTaps(net, layers), channels, strides, IMAGENET_MEAN, IMAGENET_STD, weights)
+        return Backbone(arch, ResNetTaps(net, layers), layers, channels, strides, IMAGENET_MEAN, IMAGENET_STD, weights)
 
     return build
 
@@ -194,7 +196,7 @@ def _build_efficientnet_lite0(weights: str, layers: list[str] | None) -> Backbon
     taps = [EFFICIENTNET_LITE0_TAPS[name] for name in layers]
     body = EfficientNetLiteTaps(net, [tap[0] for tap in taps])
     return Backbone(
-        "efficientnet_lite0", body, [tap[1] for tap in taps], [tap[2] for tap in taps],
+        "efficientnet_lite0", body, layers, [tap[1] for tap in taps], [tap[2] for tap in taps],
         HALF_MEAN_STD, HALF_MEAN_STD, weights,
     )
 
@@ -223,7 +225,7 @@ def build_timm_backbone(model_name: str, weights: str, layers: list[str] | None)
         net = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **options)
     config = net.pretrained_cfg
     return Backbone(
-        f"timm:{model_name}", TimmTaps(net), net.feature_info.channels(), net.feature_info.reduction(),
+        f"timm:{model_name}", TimmTaps(net), [str(i) for i in wanted], net.feature_info.channels(), net.feature_info.reduction(),
         tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD)), weights,
     )
 

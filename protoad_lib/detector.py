@@ -52,6 +52,14 @@ class AnomalyDetector(nn.Module, ABC):
         self.backbone = backbone
         self.map_head = AnomalyMapHead(sigma)
 
+    @property
+    def sigma(self) -> float:
+        return self.map_head.blur.sigma
+
+    def set_sigma(self, sigma: float) -> None:
+        """Change the Gaussian smoothing of the anomaly maps (an ablation; the paper uses 4)."""
+        self.map_head = AnomalyMapHead(sigma).to(self.map_head.blur.kernel.device)
+
     @abstractmethod
     def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """The method's patch features [B, C, h, w] from the backbone's tapped maps."""

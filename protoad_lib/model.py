@@ -103,8 +103,8 @@ class ProtoAD(AnomalyDetector):
         return {"prototypes": self.head.prototypes.detach().cpu().contiguous()}
 
     @classmethod
-    def from_state(cls, backbone: Backbone, sigma: float, config: dict, tensors: dict[str, torch.Tensor]) -> "ProtoAD":
-        return cls(backbone, sigma, ProtoADConfig(**config), prototypes=tensors["prototypes"])
+    def from_state(cls, backbone: Backbone, config: dict, tensors: dict[str, torch.Tensor]) -> "ProtoAD":
+        return cls(backbone, config=ProtoADConfig(**config), prototypes=tensors["prototypes"])
 
 
 def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Detector checkpoints (safetensors + JSON metadata) and TorchScript / ONNX export."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .backbones import Backbone, load_backbone
+from .detector import AnomalyDetector
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the backbone it is used with."""
+
+
+def detector_classes() -> dict[str, type[AnomalyDetector]]:
+    from .baselines import PaDiM, PatchCore
+    from .model import ProtoAD
+
+    return {cls.method: cls for cls in (ProtoAD, PatchCore, PaDiM)}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int) -> dict:
+    backbone = detector.backbone
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": detector.method,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "layers": backbone.layers,
+        "channels": backbone.channels,
+        "normalisation": {"mean": backbone.mean.flatten().tolist(), "std": backbone.std.flatten().tolist()},
+        "sigma": detector.sigma,
+        "image_size": image_size,
+        "resize": resize,
+        "config": detector.config(),
+    }
+
+
+def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int = 224, resize: int = 256) -> Path:
+    """One file: the fitted tensors (prototypes, memory bank, Gaussians) and what rebuilds the network."""
+    path = Path(path)
+    metadata = {"protoad": json.dumps(checkpoint_metadata(detector, image_size, resize))}
+    tensors = {name: value.contiguous() for name, value in detector.state_tensors().items()}
+    _atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a checkpoint file, with clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("protoad")
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # noqa: BLE001 - safetensors raises several kinds on a bad file
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({error}).") from error
+    if raw is None:
+        raise CheckpointError(f"{path} has no ProtoAD metadata; it was not written by save_detector.")
+    return json.loads(raw), tensors
+
+
+def load_detector(path: str | Path, backbone: Backbone | None = None) -> tuple[AnomalyDetector, dict]:
+    """Rebuild a detector from a checkpoint; a given backbone must match the one it was fitted with."""
+    metadata, tensors = read_checkpoint(path)
+    if backbone is None:
+        backbone = load_backbone(metadata["backbone"], weights=metadata["weights"], layers=metadata["layers"])
+    if backbone.name != metadata["backbone"] or backbone.channels != metadata["channels"]:
+        raise CheckpointError(
+            f"Checkpoint {path} was fitted with {metadata['backbone']} (channels {metadata['channels']}), "
+            f"not {backbone.name} (channels {backbone.channels}); use the same backbone and layers."
+        )
+    classes = detector_classes()
+    if metadata["method"] not in classes:
+        raise CheckpointError(f"Checkpoint {path} holds an unknown method {metadata['method']!r}.")
+    detector = classes[metadata["method"]].from_state(backbone, metadata["config"], tensors)
+    detector.set_sigma(metadata["sigma"])
+    return detector.eval(), metadata
+
+
+def export_torchscript(detector: AnomalyDetector, path: str | Path, image_size: int = 224) -> Path:
+    """A traced TorchScript module mapping images in 0..1 [B, 3, S, S] to (maps, scores)."""
+    example = torch.rand(1, 3, image_size, image_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(detector.eval(), example, check_trace=False)
+    path = Path(path)
+    _atomic_write(path, lambda temporary: traced.save(temporary))
+    return path
+
+
+def export_onnx(detector: AnomalyDetector, path: str | Path, image_size: int = 224, opset: int = 18) -> Path:
+    """An ONNX graph with input `images` (0..1) and outputs `anomaly_map`, `score`; dynamic batch size."""
+    example = torch.rand(1, 3, image_size, image_size)
+    path = Path(path)
+
+    def write(temporary: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                detector.eval(), (example,), temporary, input_names=["images"],
+                output_names=["anomaly_map", "score"], opset_version=opset, dynamo=False,
+                dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
+            )
+
+    _atomic_write(path, write)
+    return path
