@@ -1,0 +1,76 @@
+"""The two run profiles: `demo` (offline synthetic mini benchmark) and `paper` (MVTec AD + BTAD)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data.datasets import BTAD_CATEGORIES, MVTEC_CATEGORIES
+from .data.synthetic import SYNTHETIC_CATEGORIES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One benchmark: its name, folder layout and categories."""
+
+    name: str
+    layout: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a notebook needs to know to run at one scale."""
+
+    name: str
+    datasets: tuple[DatasetSpec, ...]
+    backbone: str
+    resize: int = 256
+    image_size: int = 224
+    batch_size: int = 8
+    seed: int = 0
+    data_dir: Path = field(default=REPO_ROOT / "data")
+
+    @property
+    def results_dir(self) -> Path:
+        return REPO_ROOT / "results" / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "feature_cache"
+
+
+PROFILES = {
+    "demo": Profile(
+        name="demo",
+        datasets=(DatasetSpec("synthetic_mini", "mvtec", tuple(SYNTHETIC_CATEGORIES)),),
+        backbone="efficientnet_lite0",
+    ),
+    "paper": Profile(
+        name="paper",
+        datasets=(
+            DatasetSpec("mvtec", "mvtec", tuple(MVTEC_CATEGORIES)),
+            DatasetSpec("btad", "btad", tuple(BTAD_CATEGORIES)),
+        ),
+        backbone="wide_resnet50_2",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise KeyError(f"Unknown profile {name!r}; choose one of {sorted(PROFILES)}.")
+    return PROFILES[name]
+
+
+def dataset_root(profile: Profile, spec: DatasetSpec, root: Path | None = None, download: bool = True) -> Path:
+    """Where a benchmark's categories live: generated (synthetic), given, or downloaded on demand."""
+    if spec.name == "synthetic_mini":
+        from .data.synthetic import ensure_mini_benchmark
+
+        return ensure_mini_benchmark(profile.data_dir / "synthetic_mini", seed=profile.seed)
+    from .data.download import resolve_dataset_root
+
+    return resolve_dataset_root(spec.name, root, download=download, data_dir=profile.data_dir)

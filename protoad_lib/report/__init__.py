@@ -1,0 +1,1 @@
+"""Tables and figures used by the notebooks and the command line."""
