@@ -74,6 +74,9 @@ class ProtoAD(AnomalyDetector):
     def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return combine_layers(maps)
 
+    def features_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        return embedding
+
     def fit_features(self, features: torch.Tensor, progress: bool = True) -> "ProtoAD":
         s = self.settings
         self.prototype_set = build_prototypes(

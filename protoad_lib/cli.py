@@ -1,0 +1,217 @@
+"""The `protoad` command line: fit, predict, evaluate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing problem: printed as one clear message, exit status 2."""
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _training_data(args: argparse.Namespace):
+    from .data.datasets import AnomalyDataset, DatasetError, ImageFolderDataset
+
+    try:
+        if args.train_dir:
+            return ImageFolderDataset(args.train_dir, resize=args.resize, crop=args.image_size)
+        if not (args.data_root and args.category):
+            raise CliError("Give --data-root and --category (MVTec AD or BTAD layout), or --train-dir.")
+        return AnomalyDataset(args.data_root, args.category, "train", layout=args.layout, resize=args.resize,
+                              crop=args.image_size)
+    except DatasetError as error:
+        raise CliError(str(error)) from error
+
+
+def command_fit(args: argparse.Namespace) -> None:
+    from .backbones import load_backbone
+    from .checkpoint import save_detector
+    from .model import ProtoAD, ProtoADConfig
+
+    data = _training_data(args)
+    start = time.perf_counter()
+    config = ProtoADConfig(level=args.level, max_prototypes=args.max_prototypes, max_vectors=args.max_vectors,
+                           subsampling=args.subsampling, seed=args.seed)
+    model = ProtoAD(load_backbone(args.backbone), config=config)
+    model.fit(data, batch_size=args.batch_size, device=args.device)
+    elapsed = time.perf_counter() - start
+    save_detector(model.cpu(), args.out, image_size=args.image_size, resize=args.resize)
+    levels = model.prototype_set.hierarchy.num_clusters if model.prototype_set.hierarchy else []
+    print(f"images: {len(data)}  FINCH levels (K): {levels}  level: {model.prototype_set.level}  K: {model.k}")
+    print(f"fit time: {elapsed:.1f} s  peak memory: {peak_memory_mb():.0f} MB  checkpoint: {args.out}")
+
+
+def _collect_images(inputs: list[str]) -> list[Path]:
+    from .data.datasets import list_images
+
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(list_images(path))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise CliError(f"{path} is neither an image nor a directory.")
+    if not paths:
+        raise CliError(f"No images found in {', '.join(inputs)}.")
+    return paths
+
+
+def command_predict(args: argparse.Namespace) -> None:
+    from .checkpoint import CheckpointError, load_detector
+    from .data.datasets import CorruptImageError, load_rgb, paper_transform
+    from .report.overlays import overlay
+
+    try:
+        detector, metadata = load_detector(args.model)
+    except CheckpointError as error:
+        raise CliError(str(error)) from error
+    paths = _collect_images(args.inputs)
+    transform = paper_transform(resize=metadata["resize"], crop=metadata["image_size"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, failures, images, maps = [], [], [], []
+    detector.to(args.device)
+    for path in paths:
+        try:
+            image = transform.image(load_rgb(path))
+        except (CorruptImageError, OSError) as error:
+            failures.append((path, str(error)))
+            print(f"skipped unreadable image {path}: {error}", file=sys.stderr)
+            continue
+        with torch.inference_mode():
+            anomaly_map, score = detector(image.unsqueeze(0).to(args.device))
+        images.append((path, image))
+        maps.append(anomaly_map[0].cpu())
+        rows.append({"image": str(path), "score": float(score[0])})
+    if maps:
+        low, high = float(torch.stack(maps).min()), float(torch.stack(maps).max())
+        for (path, image), anomaly_map in zip(images, maps):
+            overlay(image, anomaly_map, low, high).save(out / f"{path.stem}_heatmap.png")
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "score"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"scored {len(rows)} images, {len(failures)} unreadable; heat maps and scores.csv in {out}")
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    from .backbones import load_backbone
+    from .data.datasets import DatasetError
+    from .evaluation import evaluate_on_category, load_category, make_detector
+
+    backbone = load_backbone(args.backbone)
+    try:
+        data = load_category(backbone, args.data_root, args.category, layout=args.layout, resize=args.resize,
+                             image_size=args.image_size, batch_size=args.batch_size, device=args.device)
+    except DatasetError as error:
+        raise CliError(str(error)) from error
+    result = evaluate_on_category(make_detector(args.method, backbone), data)
+    metrics = result.metrics | {"embed_s": data.embed_s, "method": args.method, "backbone": args.backbone,
+                                "category": args.category}
+    width = max(len(key) for key in metrics)
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+
+
+def command_bench(args: argparse.Namespace) -> None:
+    from .bench import run_benchmark, save_json
+
+    result = run_benchmark(
+        backbone_name=args.backbone, methods=tuple(args.methods.split(",")), device=args.device,
+        data_root=args.data_root, category=args.category, threads=args.threads,
+    )
+    for row in result["results"]:
+        print(f"{row['method']:<20} batch {row['batch_size']}: {row['images_per_s']:.1f} img/s  "
+              f"p50 {row['p50_ms']:.1f} ms  head {row['head_ms']:.2f} ms")
+    if args.json:
+        save_json(result, args.json)
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resize", type=int, default=256, help="resize side before the center crop (256)")
+    parser.add_argument("--image-size", type=int, default=224, help="center-crop size fed to the network (224)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protoad", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="build prototypes from good images and write a checkpoint")
+    fit.add_argument("--data-root", help="folder holding <category>/train/... (MVTec AD or BTAD layout)")
+    fit.add_argument("--category")
+    fit.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
+    fit.add_argument("--train-dir", help="a plain folder of good images instead of a benchmark layout")
+    fit.add_argument("--backbone", default="efficientnet_lite0")
+    fit.add_argument("--out", required=True, help="checkpoint file (.safetensors)")
+    fit.add_argument("--level", type=int, default=None, help="FINCH partition level (default: rule below)")
+    fit.add_argument("--max-prototypes", type=int, default=1000,
+                     help="default level = the finest FINCH level with at most this many clusters")
+    fit.add_argument("--max-vectors", type=int, default=60000, help="patch vectors clustered at most")
+    fit.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified")
+    fit.add_argument("--seed", type=int, default=0)
+    _add_image_options(fit)
+    fit.set_defaults(handler=command_fit)
+
+    predict = commands.add_parser("predict", help="anomaly heat maps and scores for images")
+    predict.add_argument("--model", required=True, help="checkpoint written by `protoad fit`")
+    predict.add_argument("inputs", nargs="+", help="images and/or directories of images")
+    predict.add_argument("--out", required=True, help="folder for heat-map PNGs and scores.csv")
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(handler=command_predict)
+
+    evaluate = commands.add_parser("evaluate", help="fit on train, score test, print metrics")
+    evaluate.add_argument("--data-root", required=True)
+    evaluate.add_argument("--category", required=True)
+    evaluate.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
+    evaluate.add_argument("--method", choices=("protoad", "patchcore", "padim"), default="protoad")
+    evaluate.add_argument("--backbone", default="efficientnet_lite0")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    _add_image_options(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
+
+    bench = commands.add_parser("bench", help="speed of backbone, ProtoAD, PatchCore and PaDiM in one run")
+    bench.add_argument("--backbone", default="efficientnet_lite0")
+    bench.add_argument("--methods", default="protoad,patchcore_10,patchcore_1,padim")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--data-root")
+    bench.add_argument("--category")
+    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--json")
+    bench.set_defaults(handler=command_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except CliError as error:
+        print(f"protoad {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

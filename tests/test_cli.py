@@ -1,0 +1,73 @@
+"""`protoad fit | predict | evaluate` end to end on the synthetic mini benchmark."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from protoad_lib.cli import main
+from protoad_lib.data.synthetic import generate_mini_benchmark
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate_mini_benchmark(root, seed=0, n_train=6, n_test_good=2, n_test_per_defect=1, size=128,
+                                   categories=["weave"])
+
+
+def test_fit_then_predict_writes_checkpoint_heatmaps_and_scores(benchmark, tmp_path, capsys):
+    model = tmp_path / "weave.safetensors"
+    common = ["--resize", "128", "--image-size", "112"]
+    assert main(["fit", "--data-root", str(benchmark), "--category", "weave", "--out", str(model), *common]) == 0
+    assert model.is_file() and "K:" in capsys.readouterr().out
+
+    test_dir = benchmark / "weave" / "test" / "good"
+    broken = tmp_path / "inputs"
+    broken.mkdir()
+    (broken / "truncated.png").write_bytes((test_dir / "000.png").read_bytes()[:200])
+    Image.open(test_dir / "001.png").save(broken / "fine.png")
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model), str(test_dir / "000.png"), str(broken), "--out", str(out)])
+    assert code == 0
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["image"].rsplit("/", 1)[-1] for row in rows) == ["000.png", "fine.png"]
+    assert all(float(row["score"]) >= 0 for row in rows)
+    assert sorted(p.name for p in out.glob("*.png")) == ["000_heatmap.png", "fine_heatmap.png"]
+    assert Image.open(out / "fine_heatmap.png").size == (112, 112)
+    assert "1 unreadable" in capsys.readouterr().out
+
+
+def test_fit_from_plain_folder(benchmark, tmp_path):
+    model = tmp_path / "folder.safetensors"
+    train_dir = benchmark / "weave" / "train" / "good"
+    assert main(["fit", "--train-dir", str(train_dir), "--out", str(model), "--image-size", "96"]) == 0
+    assert model.is_file()
+
+
+def test_missing_model_or_inputs_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "absent.safetensors"), str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["fit", "--data-root", str(tmp_path), "--category", "nothing", "--out", str(tmp_path / "m")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_evaluate_writes_all_metric_keys(benchmark, tmp_path, capsys):
+    report = tmp_path / "metrics.json"
+    code = main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "protoad",
+                 "--resize", "128", "--image-size", "112", "--json", str(report)])
+    assert code == 0
+    metrics = json.loads(report.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["n_train"] == 6 and metrics["n_test"] == 5
+    assert metrics["fit_s"] > 0 and metrics["infer_s"] > 0
+    assert "image_auroc" in capsys.readouterr().out
+
+
+def test_evaluate_wrong_category_exits_2(benchmark, capsys):
+    assert main(["evaluate", "--data-root", str(benchmark), "--category", "bottle"]) == 2
+    assert "bottle" in capsys.readouterr().err
