@@ -1,0 +1,128 @@
+"""Approximate greedy k-center coreset selection, the memory-bank subsampling of PatchCore.
+
+Independent of PatchCore on purpose: anything that needs "a small set of points covering a
+large one" (PatchCore's memory bank, coreset prototypes in the ProtoAD ablations) can use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+
+class GreedyCoresetSampler:
+    """Pick a subset of rows that covers all rows well (greedy k-center, minimax facility location).
+
+    The algorithm is the approximate greedy coreset of PatchCore (Roth et al., 2022,
+    `ApproximateGreedyCoresetSampler` of amazon-science/patchcore-inspection):
+
+    1. Reduce the features to `projection_dim` dimensions with a random linear map
+       (Johnson-Lindenstrauss). Here it is a seeded Gaussian matrix scaled by 1/sqrt(projection_dim),
+       so distances are preserved in expectation; the reference uses an untrained
+       `nn.Linear` (uniform weights) - only the randomness differs. Features that already have
+       `projection_dim` columns (or `projection_dim=None`) are used as they are, like the reference.
+    2. Draw `n_starting_points` (10) distinct seeded random rows. Each row's initial "distance to the
+       coreset" is its mean Euclidean distance to those starting points (they are not themselves
+       selected). This avoids the N x N distance matrix of the exact greedy variant.
+    3. Repeat `n` times: select the row with the largest current distance, compute every row's
+       Euclidean distance to it and keep the element-wise minimum.
+
+    Differences from the reference, none of which changes which points are chosen on
+    non-degenerate data: selected rows are marked (distance -1) so the result never repeats an index,
+    even with duplicated features; the size is at least 1 (`max(1, int(N * fraction))`);
+    all randomness comes from a `torch.Generator` seeded with `seed`, so the selection is deterministic.
+
+    Cost: one pass over the projected [N, projection_dim] matrix per selected point. Distances are
+    computed as ||a||^2 - 2 a.b + ||b||^2 (clamped at 0) in chunks of `batch_size` rows for the
+    starting points; the loop works on the whole projected matrix at once.
+    """
+
+    def __init__(
+        self,
+        fraction: float = 0.1,
+        projection_dim: int | None = 128,
+        seed: int = 0,
+        n_starting_points: int = 10,
+        device: str | torch.device | None = None,
+        batch_size: int = 65536,
+        progress: bool = True,
+    ) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.fraction = float(fraction)
+        self.projection_dim = projection_dim
+        self.seed = int(seed)
+        self.n_starting_points = int(n_starting_points)
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.progress = progress
+
+    def select(self, features: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
+        """Indices (LongTensor [n], on the CPU, in selection order) of the coreset of `features` [N, D].
+
+        `n_samples` overrides the size given by `fraction` (for a fixed number of prototypes).
+        With `fraction == 1` and no `n_samples`, every index is returned in order.
+        """
+        if features.ndim != 2:
+            raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
+        total = features.shape[0]
+        if total == 0:
+            raise ValueError("Cannot select a coreset of zero points.")
+        if n_samples is None:
+            if self.fraction == 1:
+                return torch.arange(total)
+            n_samples = max(1, int(total * self.fraction))
+        if not 1 <= n_samples <= total:
+            raise ValueError(f"n_samples must be in [1, {total}], got {n_samples}")
+
+        generator = torch.Generator().manual_seed(self.seed)
+        device = torch.device(self.device) if self.device is not None else features.device
+        with torch.no_grad():
+            reduced = self._project(features, generator, device)
+            return self._greedy(reduced, n_samples, generator).cpu()
+
+    def _project(self, features: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        dim = features.shape[1]
+        if self.projection_dim is None or dim == self.projection_dim:
+            return features.to(device, torch.float32).contiguous()
+        matrix = torch.randn(dim, self.projection_dim, generator=generator) / math.sqrt(self.projection_dim)
+        matrix = matrix.to(device)
+        return torch.cat(
+            [
+                features[start : start + self.batch_size].to(device, torch.float32) @ matrix
+                for start in range(0, features.shape[0], self.batch_size)
+            ]
+        )
+
+    def _greedy(self, points: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        total = points.shape[0]
+        squared_norms = (points * points).sum(dim=1)
+
+        n_start = min(self.n_starting_points, total)
+        starts = torch.randperm(total, generator=generator)[:n_start].to(points.device)
+        anchors, anchor_norms = points[starts], squared_norms[starts]
+        min_distance = torch.cat(
+            [
+                self._distances(points[s : s + self.batch_size], squared_norms[s : s + self.batch_size],
+                                anchors, anchor_norms).mean(dim=1)
+                for s in range(0, total, self.batch_size)
+            ]
+        )
+
+        selected = torch.empty(n_samples, dtype=torch.long, device=points.device)
+        for step in tqdm(range(n_samples), desc="coreset", disable=not self.progress, leave=False):
+            index = torch.argmax(min_distance)
+            selected[step] = index
+            distance = self._distances(points, squared_norms, points[index].unsqueeze(0),
+                                       squared_norms[index].unsqueeze(0)).squeeze(1)
+            torch.minimum(min_distance, distance, out=min_distance)
+            min_distance[index] = -1.0
+        return selected
+
+    @staticmethod
+    def _distances(a: torch.Tensor, a_norms: torch.Tensor, b: torch.Tensor, b_norms: torch.Tensor) -> torch.Tensor:
+        """Euclidean distances [len(a), len(b)] from precomputed squared norms."""
+        squared = a_norms.unsqueeze(1) - 2.0 * (a @ b.T) + b_norms.unsqueeze(0)
+        return squared.clamp_min_(0.0).sqrt_()
