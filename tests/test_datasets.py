@@ -24,8 +24,6 @@ from protoad_lib.data.datasets import (
     paper_transform,
 )
 
-REAL_BOTTLE = Path(__file__).resolve().parents[1].parent / "shared/data/mvtec_bottle_mini"
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -328,24 +326,3 @@ def test_list_images_and_image_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetLayoutError, match="no usable images"):
         ImageFolderDataset(tmp_path / "empty")
-
-
-# --------------------------------------------------------------------------- real data
-
-
-@pytest.mark.skipif(not REAL_BOTTLE.is_dir(), reason=f"real MVTec mini subset not found at {REAL_BOTTLE}")
-def test_real_mvtec_bottle_mini():
-    train = AnomalyDataset(REAL_BOTTLE, "bottle", "train")
-    test = AnomalyDataset(REAL_BOTTLE, "bottle", "test")
-    assert len(train) == 40 and set(train.labels) == {0}
-    assert len(test) == 13
-    assert sum(test.labels) == 9 and test.labels.count(0) == 4
-    assert count_samples(test)["per_defect"] == {
-        "broken_large": 3, "broken_small": 3, "contamination": 3, "good": 4}
-    assert all((r.mask_path is not None) == (r.label == 1) for r in test.samples)
-    for i in range(len(test)):
-        s = test[i]
-        assert s["image"].shape == (3, 224, 224)
-        assert set(torch.unique(s["mask"]).tolist()) <= {0.0, 1.0}
-        assert (s["mask"].sum() > 0) == (s["label"] == 1), s["path"]
-    assert train[0]["image"].shape == (3, 224, 224)
