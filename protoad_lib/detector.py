@@ -76,12 +76,16 @@ class AnomalyDetector(nn.Module, ABC):
         """The method's features from a cached stride-4 embedding of all backbone layers."""
         return self.features_from_maps(split_layers(embedding, self.backbone.channels, self.backbone.strides))
 
+    def patch_scores_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Patch scores straight from the backbone's maps; a method may fuse its steps here."""
+        return self.patch_scores(self.features_from_maps(maps))
+
     def image_scores(self, patch_scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """Image score rule; the default is the maximum of the smoothed anomaly map."""
         return maps.amax(dim=(1, 2))
 
     def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patch_scores = self.patch_scores(self.features_from_maps(self.backbone(images01)))
+        patch_scores = self.patch_scores_from_maps(self.backbone(images01))
         maps = self.map_head(patch_scores, images01.shape[-2:])
         return maps, self.image_scores(patch_scores, maps)
 

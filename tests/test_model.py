@@ -56,3 +56,16 @@ def test_protoad_fit_predict_end_to_end_and_defect_scores_higher():
     assert scores[1] > scores[0] + 0.05
     peak = maps[1].argmax().item()
     assert 30 <= peak // 96 <= 66 and 30 <= peak % 96 <= 66
+
+
+@pytest.mark.parametrize("grid", [(16, 16), (15, 13)])
+def test_per_layer_head_equals_the_concatenated_network(grid):
+    generator = torch.Generator().manual_seed(4)
+    height, width = grid
+    maps = [torch.randn(2, 6, height, width, generator=generator),
+            torch.randn(2, 10, (height + 1) // 2, (width + 1) // 2, generator=generator),
+            torch.randn(2, 14, (height + 3) // 4, (width + 3) // 4, generator=generator)]
+    head = PrototypeHead(torch.randn(33, 30, generator=generator))
+    from protoad_lib.features import combine_layers
+
+    torch.testing.assert_close(head.forward_maps(maps), head(combine_layers(maps)), atol=1e-5, rtol=0)

@@ -1,0 +1,355 @@
+"""Papermill runner for the notebook series: `python -m protoad_lib.run --profile demo|paper`.
+
+Runs ``notebooks/0*.ipynb`` in order with papermill (parameter ``profile=<name>`` injected, cwd =
+the notebooks folder) and saves each executed copy to ``results/<profile>/executed/<name>.ipynb``
+(written to a temporary file, then renamed). One progress line per notebook, the total time at the
+end, and a non-zero exit naming the failing notebook and cell.
+
+``--update-notebooks`` (demo profile only, used by ``make notebooks``) copies each successfully
+executed notebook back over ``notebooks/<name>.ipynb`` with papermill's injected-parameters cell
+and metadata removed, so the committed notebooks carry their demo outputs and nbval re-executes
+exactly what is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+RESULTS_DIR = REPO_ROOT / "results"
+PROFILES = ("demo", "paper")
+INJECTED_TAG = "injected-parameters"
+ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's "An Exception was encountered" cells
+
+__all__ = [
+    "NotebookRunError",
+    "NotebookResult",
+    "discover_notebooks",
+    "select_notebooks",
+    "strip_papermill",
+    "run_notebook",
+    "run_notebooks",
+    "main",
+]
+
+
+class NotebookRunError(RuntimeError):
+    """A notebook of the series failed; names the notebook and, when known, the cell."""
+
+    def __init__(self, notebook: str, message: str, cell_index: int | None = None,
+                 ename: str | None = None, evalue: str | None = None,
+                 executed_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        self.executed_path = executed_path
+
+
+@dataclass(frozen=True)
+class NotebookResult:
+    """One successfully executed notebook."""
+
+    name: str
+    seconds: float
+    executed_path: Path
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def discover_notebooks(notebooks_dir: Path) -> list[Path]:
+    """The numbered notebooks ``0*.ipynb`` of a folder, in name order."""
+    notebooks_dir = Path(notebooks_dir)
+    if not notebooks_dir.is_dir():
+        raise FileNotFoundError(f"notebooks folder {notebooks_dir} does not exist")
+    return sorted(p for p in notebooks_dir.glob("0*.ipynb") if p.is_file())
+
+
+def select_notebooks(available: Sequence[Path], wanted: str | Sequence[str] | None) -> list[Path]:
+    """Pick notebooks by number prefix (``01``, ``3``) or name (``03_clustering_analysis``).
+
+    ``wanted`` is a comma-separated string or a list; ``None`` selects all. The series order is
+    kept whatever order they are given in. Unknown selectors raise ``ValueError``.
+    """
+    if wanted is None:
+        return list(available)
+    tokens = [t.strip() for t in (wanted.split(",") if isinstance(wanted, str) else wanted)]
+    tokens = [t.removesuffix(".ipynb") for t in tokens if t]
+    chosen: set[Path] = set()
+    for token in tokens:
+        if token.isdigit():
+            matches = [p for p in available if p.stem.split("_")[0].isdigit()
+                       and int(p.stem.split("_")[0]) == int(token)]
+        else:
+            matches = [p for p in available if p.stem == token]
+        if not matches:
+            names = ", ".join(p.stem for p in available) or "(none)"
+            raise ValueError(f"no notebook matches {token!r}; available: {names}")
+        chosen.update(matches)
+    return [p for p in available if p in chosen]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_replace(source: Path, target: Path) -> None:
+    """Rename ``source`` over ``target`` with ordinary file permissions (mkstemp creates 0600)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(source, 0o666 & ~mask)
+    os.replace(source, target)
+
+
+def _temp_path(folder: Path, name: str) -> Path:
+    """A fresh temporary ``.ipynb`` path in ``folder`` (same file system as the final file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp.ipynb")
+    os.close(handle)
+    return Path(path)
+
+
+def strip_papermill(nb: Any) -> Any:
+    """Remove papermill's traces from an executed notebook (in place; also returned).
+
+    Drops the ``injected-parameters`` cell, the ``papermill`` notebook metadata, the per-cell
+    ``papermill``/``execution`` metadata and empty ``tags`` lists, and renumbers the execution
+    counts 1, 2, ... as a fresh top-to-bottom run would.
+    """
+    nb.cells = [c for c in nb.cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    nb.metadata.pop("papermill", None)
+    count = 0
+    for cell in nb.cells:
+        meta = cell.setdefault("metadata", {})
+        meta.pop("papermill", None)
+        meta.pop("execution", None)
+        if "tags" in meta and not meta["tags"]:
+            del meta["tags"]
+        if cell.get("cell_type") != "code":
+            continue
+        if cell.get("execution_count") is None:
+            continue
+        count += 1
+        cell["execution_count"] = count
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "execute_result":
+                output["execution_count"] = count
+    return nb
+
+
+def _update_source_notebook(executed: Path, source: Path) -> None:
+    import nbformat
+
+    nb = strip_papermill(nbformat.read(executed, as_version=4))
+    temporary = _temp_path(source.parent, source.stem)
+    try:
+        nbformat.write(nb, temporary)
+        _atomic_replace(temporary, source)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _source_cell_index(executed: Path, cell_index: int) -> int:
+    """Index of a failing cell in the *source* notebook (the injected cell does not exist there)."""
+    try:
+        import nbformat
+
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # noqa: BLE001 - best effort: fall back to papermill's index
+        return cell_index
+    cells = [c for c in nb.cells if ERROR_MARKER_TAG not in c.get("metadata", {}).get("tags", [])]
+    injected = [i for i, c in enumerate(cells) if INJECTED_TAG in c.get("metadata", {}).get("tags", [])]
+    return cell_index - sum(1 for i in injected if i < cell_index)
+
+
+def run_notebook(
+    notebook: Path,
+    profile: str,
+    results_dir: Path = RESULTS_DIR,
+    kernel: str = "python3",
+    parameters: dict[str, Any] | None = None,
+    update_source: bool = False,
+    start_timeout: int = 120,
+) -> NotebookResult:
+    """Execute one notebook with papermill; raises :class:`NotebookRunError` when it fails.
+
+    The executed copy (also of a failed run, with papermill's error markers) is written to
+    ``results_dir/<profile>/executed/<name>.ipynb`` through a temporary file and a rename.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook = Path(notebook).resolve()
+    name = notebook.stem
+    executed_dir = Path(results_dir) / profile / "executed"
+    final = executed_dir / f"{name}.ipynb"
+    params = {"profile": profile, **(parameters or {})}
+    temporary = _temp_path(executed_dir, name)
+    start = time.perf_counter()
+    try:
+        try:
+            pm.execute_notebook(
+                str(notebook), str(temporary), parameters=params, kernel_name=kernel,
+                cwd=str(notebook.parent), progress_bar=False, log_output=False,
+                request_save_on_cell_execute=False, start_timeout=start_timeout,
+            )
+        except PapermillExecutionError as error:
+            has_output = temporary.is_file() and temporary.stat().st_size > 0
+            if has_output:
+                _atomic_replace(temporary, final)
+            cell = _source_cell_index(final, error.cell_index) if has_output else error.cell_index
+            first_line = next((ln for ln in str(error.source).splitlines() if ln.strip()), "").strip()
+            where = f"cell {cell}" + (f" (`{first_line[:70]}`)" if first_line else "")
+            saved = f"; executed copy: {_display(final)}" if has_output else ""
+            raise NotebookRunError(
+                name, f"notebook {name} failed in {where}: {error.ename}: {error.evalue}{saved}",
+                cell_index=cell, ename=error.ename, evalue=error.evalue,
+                executed_path=final if has_output else None,
+            ) from error
+        except NotebookRunError:
+            raise
+        except Exception as error:  # kernel died, bad JSON, missing kernel, ...
+            raise NotebookRunError(
+                name, f"notebook {name} could not be run: {type(error).__name__}: {error}",
+            ) from error
+        _atomic_replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if update_source:
+        _update_source_notebook(final, notebook)
+    return NotebookResult(name, time.perf_counter() - start, final)
+
+
+def _display(path: Path) -> str:
+    """A path relative to the repository (or the working directory) when possible."""
+    path = Path(path).resolve()
+    for base in (REPO_ROOT, Path.cwd()):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def run_notebooks(
+    profile: str,
+    notebooks: str | Sequence[str] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    results_dir: Path = RESULTS_DIR,
+    kernel: str = "python3",
+    parameters: dict[str, Any] | None = None,
+    update_notebooks: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[NotebookResult]:
+    """Run the selected notebooks in series order; stops at (and raises) the first failure."""
+    if update_notebooks and profile != "demo":
+        raise ValueError("--update-notebooks is for the demo profile only: the committed notebooks "
+                         "carry demo outputs (nbval re-executes them with the defaults)")
+    if update_notebooks and parameters:
+        raise ValueError("--update-notebooks cannot be combined with extra parameters: the committed "
+                         "notebooks must show what their own defaults produce")
+    write = log or (lambda text: print(text, flush=True))
+    selected = select_notebooks(discover_notebooks(notebooks_dir), notebooks)
+    if not selected:
+        raise ValueError(f"no notebooks (0*.ipynb) in {notebooks_dir}")
+    results = []
+    total_start = time.perf_counter()
+    for position, notebook in enumerate(selected, start=1):
+        prefix = f"[{position}/{len(selected)}] {notebook.stem} ..."
+        started = time.perf_counter()
+        try:
+            result = run_notebook(notebook, profile, results_dir, kernel, parameters, update_notebooks)
+        except NotebookRunError:
+            write(f"{prefix} FAILED ({time.perf_counter() - started:.1f} s)")
+            raise
+        suffix = ", notebook updated" if update_notebooks else ""
+        write(f"{prefix} ok ({result.seconds:.1f} s{suffix})")
+        results.append(result)
+    write(f"{len(results)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s "
+          f"(executed copies in {_display(Path(results_dir) / profile / 'executed')})")
+    return results
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parse_value(text: str) -> Any:
+    """``KEY=VALUE`` values: Python literals (numbers, None, lists, quoted strings) else plain text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _parse_parameters(items: Sequence[str]) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {item!r}")
+        parameters[key.strip()] = _parse_value(value)
+    return parameters
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m protoad_lib.run",
+        description="Run the numbered notebooks with papermill; executed copies go to "
+                    "results/<profile>/executed/.",
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="demo",
+                        help="run profile injected as the `profile` parameter (default: demo)")
+    parser.add_argument("--notebooks", default=None,
+                        help="comma-separated numbers or names, e.g. 01,03 (default: all 0*.ipynb)")
+    parser.add_argument("--update-notebooks", action="store_true",
+                        help="demo only: copy the executed notebooks (papermill traces removed) back "
+                             "over notebooks/ so they carry their demo outputs")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra notebook parameter, e.g. --param device=cuda or "
+                             "--param \"categories=['bottle']\" (repeatable)")
+    parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
+                        help="folder with the notebooks (default: the repository's notebooks/)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="results root; executed copies go to <results-dir>/<profile>/executed "
+                             "(default: the repository's results/)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parameters = _parse_parameters(args.param)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    try:
+        run_notebooks(
+            args.profile, args.notebooks, args.notebooks_dir, args.results_dir, args.kernel,
+            parameters, args.update_notebooks,
+        )
+    except NotebookRunError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

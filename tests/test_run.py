@@ -1,0 +1,151 @@
+"""The papermill runner on tiny throwaway notebooks: parameters, executed copies, failures, updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from protoad_lib import run
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    """A notebook whose first code cell is the tagged `parameters` cell."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell("# a throwaway notebook"))
+    params = nbformat.v4.new_code_cell('profile = "unset"\nextra = 1')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells.append(params)
+    nb.cells.extend(nbformat.v4.new_code_cell(source) for source in sources)
+    nbformat.write(nb, path)
+    return path
+
+
+def _outputs(nb) -> str:
+    texts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", "") or str(output.get("data", {}).get("text/plain", ""))
+                         or f"{output.get('ename', '')}: {output.get('evalue', '')}")
+    return "".join(texts)
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    return notebooks, tmp_path / "results"
+
+
+def test_passing_notebook_gets_profile_injected_and_executed_copy(folders, capsys):
+    notebooks, results = folders
+    _notebook(notebooks / "01_pass.ipynb",
+              'import os\nprint(f"profile={profile} extra={extra} cwd={os.path.basename(os.getcwd())}")')
+    code = run.main(["--profile", "demo", "--notebooks-dir", str(notebooks), "--results-dir", str(results)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "[1/1] 01_pass ... ok (" in out
+    assert "1 notebook(s) ran in" in out
+    executed = results / "demo" / "executed" / "01_pass.ipynb"
+    assert executed.is_file()
+    nb = nbformat.read(executed, as_version=4)
+    assert "profile=demo extra=1 cwd=notebooks" in _outputs(nb)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "profile = " in injected[0].source
+    # Nothing half-written is left next to the executed copy.
+    assert [p.name for p in executed.parent.iterdir()] == ["01_pass.ipynb"]
+
+
+def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(folders, capsys):
+    notebooks, results = folders
+    _notebook(notebooks / "01_ok.ipynb", "print('fine')")
+    _notebook(notebooks / "02_broken.ipynb", "x = 1", "raise ValueError('boom in the third code cell')")
+    _notebook(notebooks / "03_never.ipynb", "print('not reached')")
+    code = run.main(["--profile", "demo", "--notebooks-dir", str(notebooks), "--results-dir", str(results)])
+    assert code != 0
+    captured = capsys.readouterr()
+    assert "[1/3] 01_ok ... ok" in captured.out
+    assert "[2/3] 02_broken ... FAILED" in captured.out
+    assert "03_never" not in captured.out  # the series stops at the first failure
+    # Source cell index 3: markdown (0), parameters (1), x = 1 (2), raise (3).
+    assert "notebook 02_broken failed in cell 3" in captured.err
+    assert "ValueError: boom in the third code cell" in captured.err
+    # The failed run is kept for inspection (complete file, papermill's error markers inside).
+    failed = results / "demo" / "executed" / "02_broken.ipynb"
+    assert failed.is_file()
+    assert "boom" in _outputs(nbformat.read(failed, as_version=4))
+    assert not (results / "demo" / "executed" / "03_never.ipynb").exists()
+
+
+def test_run_notebooks_raises_structured_error(folders):
+    notebooks, results = folders
+    _notebook(notebooks / "01_broken.ipynb", "1 / 0")
+    with pytest.raises(run.NotebookRunError) as info:
+        run.run_notebooks("paper", notebooks_dir=notebooks, results_dir=results, log=lambda _: None)
+    error = info.value
+    assert (error.notebook, error.cell_index, error.ename) == ("01_broken", 2, "ZeroDivisionError")
+    assert error.executed_path == results / "paper" / "executed" / "01_broken.ipynb"
+
+
+def test_update_notebooks_copies_outputs_back_without_papermill_traces(folders):
+    notebooks, results = folders
+    source = _notebook(notebooks / "01_update.ipynb", "print(f'profile is {profile}')", "2 + 3")
+    run.run_notebooks("demo", notebooks_dir=notebooks, results_dir=results, update_notebooks=True,
+                      log=lambda _: None)
+    nb = nbformat.read(source, as_version=4)
+    assert len(nb.cells) == 4  # no injected-parameters cell
+    assert "papermill" not in nb.metadata
+    for cell in nb.cells:
+        assert "papermill" not in cell.metadata and "execution" not in cell.metadata
+    assert nb.cells[1].metadata["tags"] == ["parameters"]
+    assert [c.execution_count for c in nb.cells if c.cell_type == "code"] == [1, 2, 3]
+    assert nb.cells[2].outputs[0]["text"] == "profile is demo\n"
+    assert nb.cells[3].outputs[0]["data"]["text/plain"] == "5"
+    assert nb.cells[3].outputs[0]["execution_count"] == 3
+    assert [p.name for p in notebooks.iterdir()] == ["01_update.ipynb"]
+
+
+def test_update_notebooks_is_refused_for_the_paper_profile(folders, capsys):
+    notebooks, results = folders
+    _notebook(notebooks / "01_any.ipynb", "pass")
+    code = run.main(["--profile", "paper", "--update-notebooks", "--notebooks-dir", str(notebooks),
+                     "--results-dir", str(results)])
+    assert code == 2
+    assert "demo profile only" in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_extra_parameters_are_injected(folders):
+    notebooks, results = folders
+    _notebook(notebooks / "01_params.ipynb", "print(repr(extra))")
+    code = run.main(["--notebooks-dir", str(notebooks), "--results-dir", str(results),
+                     "--param", "extra=['a', 2]"])
+    assert code == 0
+    nb = nbformat.read(results / "demo" / "executed" / "01_params.ipynb", as_version=4)
+    assert "['a', 2]" in _outputs(nb)
+
+
+def test_select_notebooks_by_number_or_name(tmp_path):
+    names = ["01_data.ipynb", "02_features.ipynb", "03_clusters.ipynb"]
+    available = [tmp_path / n for n in names]
+    assert run.select_notebooks(available, None) == available
+    assert [p.stem for p in run.select_notebooks(available, "03,1")] == ["01_data", "03_clusters"]
+    assert [p.stem for p in run.select_notebooks(available, ["02_features"])] == ["02_features"]
+    with pytest.raises(ValueError, match="no notebook matches '07'"):
+        run.select_notebooks(available, "07")
+
+
+def test_discover_only_numbered_notebooks_in_order(tmp_path):
+    for name in ("03_c.ipynb", "01_a.ipynb", "scratch.ipynb", "02_b.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in run.discover_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+
+
+def test_unknown_notebook_selection_exits_2(folders, capsys):
+    notebooks, results = folders
+    _notebook(notebooks / "01_any.ipynb", "pass")
+    code = run.main(["--notebooks", "05", "--notebooks-dir", str(notebooks), "--results-dir", str(results)])
+    assert code == 2
+    assert "no notebook matches '05'" in capsys.readouterr().err
