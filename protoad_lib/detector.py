@@ -84,10 +84,17 @@ class AnomalyDetector(nn.Module, ABC):
         """Image score rule; the default is the maximum of the smoothed anomaly map."""
         return maps.amax(dim=(1, 2))
 
-    def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patch_scores = self.patch_scores_from_maps(self.backbone(images01))
-        maps = self.map_head(patch_scores, images01.shape[-2:])
+    def maps_and_scores(self, patch_scores: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps at the input size and image scores from patch scores."""
+        maps = self.map_head(patch_scores, size)
         return maps, self.image_scores(patch_scores, maps)
+
+    def head_forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything after the backbone: its maps -> (anomaly maps, image scores)."""
+        return self.maps_and_scores(self.patch_scores_from_maps(maps), size)
+
+    def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_forward(self.backbone(images01), images01.shape[-2:])
 
     @torch.inference_mode()
     def fit(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
@@ -119,7 +126,7 @@ class AnomalyDetector(nn.Module, ABC):
         maps, scores = [], []
         for start in range(0, len(embeddings), batch_size):
             patch_scores = self.patch_scores(self.features_from_embedding(embeddings[start : start + batch_size]))
-            batch_maps = self.map_head(patch_scores, image_size)
+            batch_maps, batch_scores = self.maps_and_scores(patch_scores, image_size)
             maps.append(batch_maps)
-            scores.append(self.image_scores(patch_scores, batch_maps))
+            scores.append(batch_scores)
         return Predictions(torch.cat(maps), torch.cat(scores))

@@ -1,0 +1,140 @@
+"""Benchmark harness: timing primitive, result JSON shape, scaling tables (no wall-clock assertions)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from protoad_lib import bench
+from protoad_lib.data import generate_mini_benchmark
+
+ROW_KEYS = {"method", "batch_size", "images_per_s", "p50_ms", "p95_ms", "min_ms", "head_ms", "peak_mem_mb", "fit_s",
+            "k", "state_mb", "infer_peak_mb", "fit_peak_mem_mb"}
+ENV_KEYS = {"cpu", "torch", "torch_threads", "device", "python", "platform", "date", "anomalib"}
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_data")
+    generate_mini_benchmark(root, n_train=4, n_test_good=1, n_test_per_defect=0, size=72, categories=["weave"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(tiny_root):
+    torch.manual_seed(0)
+    threads_before = torch.get_num_threads()
+    out = bench.run_benchmark(
+        "efficientnet_lite0", weights="random", batch_sizes=(1, 2), data_root=tiny_root, category="weave", image_size=64,
+        n_images=4, repeats=2, warmup=1, threads=1, progress=False,
+    )
+    assert torch.get_num_threads() == threads_before  # the thread count is restored afterwards
+    assert out["env"]["torch_threads"] == 1 and out["env"]["threads_requested"] == 1
+    return out
+
+
+def test_time_callable_runs_warmup_then_repeats():
+    calls = []
+    times = bench.time_callable(lambda: calls.append(1), warmup=3, repeats=5)
+    assert len(calls) == 8
+    assert len(times) == 5 and all(t >= 0 for t in times)
+    with pytest.raises(ValueError):
+        bench.time_callable(lambda: None, repeats=0)
+
+
+def test_time_interleaved_runs_each_callable_warmup_plus_repeats_round_robin():
+    order = []
+    times = bench.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                   warmup=1, repeats=3)
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
+
+
+def test_percentiles():
+    times = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert bench.p50(times) == pytest.approx(0.3)
+    assert bench.p95(times) == pytest.approx(0.48)
+
+
+def test_peak_memory_is_non_negative_and_counts_a_large_allocation():
+    with bench.PeakMemory("cpu") as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        block += 1
+    del block
+    assert memory.peak_mb >= 0
+    if memory.reset:
+        assert memory.peak_mb > 32
+
+
+def test_benchmark_json_shape(result):
+    assert set(result) >= {"env", "results"}
+    assert ENV_KEYS <= set(result["env"])
+    assert result["env"]["device"] == "cpu"
+    rows = result["results"]
+    expected_methods = ["backbone", "protoad", "patchcore_10", "patchcore_1", "padim"]
+    if result["env"]["anomalib"] is not None:
+        expected_methods += ["anomalib_patchcore", "anomalib_padim"]
+    pairs = [(r["method"], r["batch_size"]) for r in rows]
+    assert len(pairs) == len(set(pairs))
+    assert {m for m, _ in pairs} <= set(expected_methods)
+    for method in expected_methods[:5]:
+        assert [b for m, b in pairs if m == method] == [1, 2]
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        for key in ("images_per_s", "p50_ms", "p95_ms"):
+            assert positive_finite(row[key]), (row["method"], key, row[key])
+        assert row["p95_ms"] >= row["p50_ms"] >= row["min_ms"] > 0
+        assert math.isfinite(row["peak_mem_mb"]) and row["peak_mem_mb"] >= row["infer_peak_mb"] >= 0
+        # images_per_s = batch_size / median per-batch latency
+        assert row["images_per_s"] == pytest.approx(row["batch_size"] / (row["p50_ms"] / 1000), rel=1e-9)
+        if row["method"] == "backbone":
+            assert row["fit_s"] is None and row["head_ms"] is None and row["k"] is None and row["state_mb"] is None
+        else:
+            assert positive_finite(row["fit_s"]) and positive_finite(row["head_ms"]) and positive_finite(row["state_mb"])
+            assert row["peak_mem_mb"] == pytest.approx(row["state_mb"] + row["infer_peak_mb"])
+    k = {r["method"]: r["k"] for r in rows}
+    assert k["padim"] is None
+    assert isinstance(k["protoad"], int) and k["protoad"] >= 1
+    # 4 images of 64 px: stride-8 grid 8 x 8 -> 256 patches; 10 % and 1 % coresets
+    assert k["patchcore_10"] == 25 and k["patchcore_1"] == 2
+    state = {r["method"]: r["state_mb"] for r in rows}
+    assert state["patchcore_10"] == pytest.approx(2 * 25 * 1024 * 4 / 2**20)  # bank + faiss copy
+    assert result["env"]["cpu_peak_reset"] in (True, False)
+
+
+def test_save_json_round_trip(result, tmp_path):
+    path = bench.save_json(result, tmp_path / "out" / "bench.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result))
+    assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temporary left behind
+    bench.save_json({"a": 1}, path)  # overwrite in place
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert "protoad/backbone" in bench.speed_ratios(result)[1]
+    assert "protoad" in bench.format_table(result)
+
+
+def test_head_cost_vs_k_rows():
+    rows = bench.head_cost_vs_k(channels=(4, 6, 8), ks=(3, 30), grid=(8, 8), repeats=2, warmup=1, progress=False)
+    assert [r["k"] for r in rows] == [3, 30]
+    assert all(positive_finite(r["ms_per_image"]) and positive_finite(r["p50_ms"]) for r in rows)
+
+
+def test_memory_bank_cost_rows():
+    rows = bench.memory_bank_cost(bank_sizes=(10, 1e2), dim=16, grid=(4, 4), repeats=2, warmup=1, progress=False)
+    assert [r["bank_size"] for r in rows] == [10, 100]
+    assert all(positive_finite(r["ms_per_image"]) and positive_finite(r["bank_mb"]) for r in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_benchmark_runs_on_cuda(tiny_root):
+    out = bench.run_benchmark(
+        "efficientnet_lite0", weights="random", methods=("protoad", "padim"), batch_sizes=(2,), device="cuda",
+        data_root=tiny_root, category="weave", image_size=64, n_images=4, repeats=2, warmup=1, progress=False,
+    )
+    assert out["env"]["device"] == "cuda" and out["env"]["cpu_peak_reset"] is None
+    assert [r["method"] for r in out["results"]] == ["backbone", "protoad", "padim"]
+    assert all(positive_finite(r["p50_ms"]) and r["peak_mem_mb"] >= 0 for r in out["results"])
