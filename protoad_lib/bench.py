@@ -10,7 +10,6 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_output
 from .backbones import Backbone, load_backbone
 from .detector import AnomalyDetector
 
@@ -713,22 +713,10 @@ def _json_default(value: Any) -> Any:
 
 
 def save_json(result: Any, path: str | Path) -> Path:
-    """Write `result` as JSON atomically: a temporary file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=2, default=_json_default, allow_nan=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    """Write `result` as JSON atomically (a temporary file in the same folder, then a rename)."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(result, indent=2, default=_json_default, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_output
 from .backbones import Backbone, load_backbone
 from .detector import AnomalyDetector
 
@@ -27,17 +26,6 @@ def detector_classes() -> dict[str, type[AnomalyDetector]]:
     from .model import ProtoAD
 
     return {cls.method: cls for cls in (ProtoAD, PatchCore, PaDiM)}
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int) -> dict:
@@ -62,7 +50,8 @@ def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int =
     path = Path(path)
     metadata = {"protoad": json.dumps(checkpoint_metadata(detector, image_size, resize))}
     tensors = {name: value.contiguous() for name, value in detector.state_tensors().items()}
-    _atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+    with atomic_output(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 
@@ -106,24 +95,19 @@ def export_torchscript(detector: AnomalyDetector, path: str | Path, image_size: 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(detector.eval(), example, check_trace=False)
-    path = Path(path)
-    _atomic_write(path, lambda temporary: traced.save(temporary))
-    return path
+    with atomic_output(path) as temporary:
+        traced.save(str(temporary))
+    return Path(path)
 
 
 def export_onnx(detector: AnomalyDetector, path: str | Path, image_size: int = 224, opset: int = 18) -> Path:
     """An ONNX graph with input `images` (0..1) and outputs `anomaly_map`, `score`; dynamic batch size."""
     example = torch.rand(1, 3, image_size, image_size)
-    path = Path(path)
-
-    def write(temporary: str) -> None:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                detector.eval(), (example,), temporary, input_names=["images"],
-                output_names=["anomaly_map", "score"], opset_version=opset, dynamo=False,
-                dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
-            )
-
-    _atomic_write(path, write)
-    return path
+    with atomic_output(path) as temporary, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            detector.eval(), (example,), str(temporary), input_names=["images"],
+            output_names=["anomaly_map", "score"], opset_version=opset, dynamo=False,
+            dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
+        )
+    return Path(path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .atomic import atomic_output
 from .backbones import Backbone
 
 
@@ -100,16 +99,10 @@ class FeatureCache:
 
     def save(self, key: CacheKey, features: torch.Tensor) -> Path:
         """Write atomically: a temporary file in the same folder, then a rename."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         payload = {"key": asdict(key) | {"layers": list(key.layers)}, "features": features.to(self.dtype)}
-        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_output(path) as temporary:
             torch.save(payload, temporary)
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
         return path
 
     def size_bytes(self) -> int:

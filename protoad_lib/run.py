@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .atomic import atomic_output
+from .profiles import PROFILES as PROFILE_SETTINGS
+from .profiles import REPO_ROOT
+
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RESULTS_DIR = REPO_ROOT / "results"
-PROFILES = ("demo", "paper")
+PROFILES = tuple(PROFILE_SETTINGS)
 INJECTED_TAG = "injected-parameters"
 ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's "An Exception was encountered" cells
 
@@ -103,23 +104,6 @@ def select_notebooks(available: Sequence[Path], wanted: str | Sequence[str] | No
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_replace(source: Path, target: Path) -> None:
-    """Rename ``source`` over ``target`` with ordinary file permissions (mkstemp creates 0600)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(source, 0o666 & ~mask)
-    os.replace(source, target)
-
-
-def _temp_path(folder: Path, name: str) -> Path:
-    """A fresh temporary ``.ipynb`` path in ``folder`` (same file system as the final file)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp.ipynb")
-    os.close(handle)
-    return Path(path)
-
-
 def strip_papermill(nb: Any) -> Any:
     """Remove papermill's traces from an executed notebook (in place; also returned).
 
@@ -152,12 +136,8 @@ def _update_source_notebook(executed: Path, source: Path) -> None:
     import nbformat
 
     nb = strip_papermill(nbformat.read(executed, as_version=4))
-    temporary = _temp_path(source.parent, source.stem)
-    try:
+    with atomic_output(source, suffix=".tmp.ipynb") as temporary:
         nbformat.write(nb, temporary)
-        _atomic_replace(temporary, source)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- running
@@ -198,9 +178,9 @@ def run_notebook(
     executed_dir = Path(results_dir) / profile / "executed"
     final = executed_dir / f"{name}.ipynb"
     params = {"profile": profile, **(parameters or {})}
-    temporary = _temp_path(executed_dir, name)
     start = time.perf_counter()
-    try:
+    failure: PapermillExecutionError | None = None
+    with atomic_output(final, suffix=".tmp.ipynb") as temporary:
         try:
             pm.execute_notebook(
                 str(notebook), str(temporary), parameters=params, kernel_name=kernel,
@@ -208,27 +188,20 @@ def run_notebook(
                 request_save_on_cell_execute=False, start_timeout=start_timeout,
             )
         except PapermillExecutionError as error:
-            has_output = temporary.is_file() and temporary.stat().st_size > 0
-            if has_output:
-                _atomic_replace(temporary, final)
-            cell = _source_cell_index(final, error.cell_index) if has_output else error.cell_index
-            first_line = next((ln for ln in str(error.source).splitlines() if ln.strip()), "").strip()
-            where = f"cell {cell}" + (f" (`{first_line[:70]}`)" if first_line else "")
-            saved = f"; executed copy: {_display(final)}" if has_output else ""
-            raise NotebookRunError(
-                name, f"notebook {name} failed in {where}: {error.ename}: {error.evalue}{saved}",
-                cell_index=cell, ename=error.ename, evalue=error.evalue,
-                executed_path=final if has_output else None,
-            ) from error
-        except NotebookRunError:
-            raise
+            failure = error  # keep the executed copy: it shows the failing cell and its traceback
         except Exception as error:  # kernel died, bad JSON, missing kernel, ...
             raise NotebookRunError(
                 name, f"notebook {name} could not be run: {type(error).__name__}: {error}",
             ) from error
-        _atomic_replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
+    if failure is not None:
+        cell = _source_cell_index(final, failure.cell_index)
+        first_line = next((ln for ln in str(failure.source).splitlines() if ln.strip()), "").strip()
+        where = f"cell {cell}" + (f" (`{first_line[:70]}`)" if first_line else "")
+        raise NotebookRunError(
+            name, f"notebook {name} failed in {where}: {failure.ename}: {failure.evalue}; "
+            f"executed copy: {_display(final)}",
+            cell_index=cell, ename=failure.ename, evalue=failure.evalue, executed_path=final,
+        ) from failure
     if update_source:
         _update_source_notebook(final, notebook)
     return NotebookResult(name, time.perf_counter() - start, final)

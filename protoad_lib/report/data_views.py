@@ -7,9 +7,7 @@ rounded, and nothing prints progress bars, so re-executed notebooks give identic
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +18,7 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from ..atomic import atomic_output
 from ..backbones import Backbone
 from ..data.datasets import AnomalyDataset
 from ..features import CacheKey, FeatureCache, extract_features
@@ -156,24 +155,10 @@ def relative(path: str | Path) -> str:
 # --------------------------------------------------------------------------- writers
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
