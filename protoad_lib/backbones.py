@@ -60,40 +60,20 @@ class Backbone(nn.Module):
         return self.body(self.normalize(images01))
 
 
-class ResNetTaps(nn.Module):
-    """Runs a torchvision ResNet up to its last tapped layer and returns the tapped maps."""
+class TappedStages(nn.Module):
+    """Runs a stem and stages in order, stopping after the last tapped stage; returns the tapped maps."""
 
-    def __init__(self, resnet: nn.Module, layers: list[str]) -> None:
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], taps: list[int]) -> None:
         super().__init__()
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        last = max(int(name[-1]) for name in layers)
-        self.stages = nn.ModuleList(getattr(resnet, f"layer{i}") for i in range(1, last + 1))
-        self.taps = [int(name[-1]) - 1 for name in layers]
+        self.stem = stem
+        self.stages = nn.ModuleList(stages[: max(taps) + 1])
+        self.taps = list(taps)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         maps = []
         for index, stage in enumerate(self.stages):
             x = stage(x)
-            if index in self.taps:
-                maps.append(x)
-        return maps
-
-
-class EfficientNetLiteTaps(nn.Module):
-    """Runs EfficientNet-Lite0 up to its last tapped block (ends of the stride-4, 8, 16 stages)."""
-
-    def __init__(self, net: nn.Module, tap_blocks: list[int]) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(net._blocks[: max(tap_blocks) + 1])
-        self.taps = list(tap_blocks)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        maps = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
             if index in self.taps:
                 maps.append(x)
         return maps
@@ -165,7 +145,10 @@ def _torchvision_resnet(arch: str) -> Callable[[str, list[str] | None], Backbone
         expansion = 4 if arch == "wide_resnet50_2" else 1
         channels = [widths[name] * expansion for name in layers]
         strides = [{"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}[name] for name in layers]
-        return Backbone(arch, ResNetTaps(net, layers), layers, channels, strides, IMAGENET_MEAN, IMAGENET_STD, weights)
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+        body = TappedStages(stem, stages, [int(name[-1]) - 1 for name in layers])
+        return Backbone(arch, body, layers, channels, strides, IMAGENET_MEAN, IMAGENET_STD, weights)
 
     return build
 
@@ -194,7 +177,8 @@ def _build_efficientnet_lite0(weights: str, layers: list[str] | None) -> Backbon
         source = efficientnet_lite0_weights() if weights == "imagenet" else weights
         net.load_state_dict(load_state_dict_file(source))
     taps = [EFFICIENTNET_LITE0_TAPS[name] for name in layers]
-    body = EfficientNetLiteTaps(net, [tap[0] for tap in taps])
+    stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+    body = TappedStages(stem, list(net._blocks), [tap[0] for tap in taps])
     return Backbone(
         "efficientnet_lite0", body, layers, [tap[1] for tap in taps], [tap[2] for tap in taps],
         HALF_MEAN_STD, HALF_MEAN_STD, weights,
