@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .atomic import atomic_output
 from .backbones import Backbone, load_backbone
 from .detector import AnomalyDetector
+from .progress import progress_bar
 
 TIMING_NOTE = (
     "p50_ms / p95_ms / min_ms: per-BATCH wall-clock latency of detector(images01) (backbone included), "
@@ -514,7 +514,7 @@ def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequ
     # 1. fit every method (all stay fitted: the timing below is interleaved across methods)
     fitted: dict[str, _Fitted] = {}
     errors: dict[str, str] = {}
-    for method in tqdm(method_list, desc="fit", disable=not progress):
+    for method in progress_bar(method_list, desc="fit", enabled=progress):
         try:
             fitted[method] = _fit(method, backbone, images, device, progress)
         except Exception as error:  # noqa: BLE001
@@ -526,7 +526,7 @@ def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequ
     rows: dict[tuple[str, int], BenchmarkRow] = {}
     resets: list[bool] = []
     with torch.inference_mode():
-        for batch_size in tqdm(batch_sizes, desc="time", disable=not progress):
+        for batch_size in progress_bar(batch_sizes, desc="time", enabled=progress):
             batch = batch_of(images, batch_size).to(device)
             maps = backbone(batch)
             calls: dict[str, Callable[[], Any]] = {"backbone": lambda: backbone(batch)}
@@ -649,7 +649,7 @@ def head_cost_vs_k(
     positions = sum(m.shape[1] * m.shape[2] * m.shape[3] for m in maps)
     rows = []
     with torch.inference_mode():
-        for k in tqdm(ks, desc="head vs K", disable=not progress):
+        for k in progress_bar(ks, desc="head vs K", enabled=progress):
             prototypes = F.normalize(torch.randn(int(k), sum(channels), generator=generator), dim=1)
             head = PrototypeHead(prototypes).to(device).eval()
             times = time_callable(lambda: head.forward_maps(maps), warmup, repeats, device)
@@ -683,7 +683,7 @@ def memory_bank_cost(
     rng = np.random.default_rng(seed)
     queries = rng.standard_normal((batch_size * grid[0] * grid[1], dim), dtype=np.float32)
     rows = []
-    for size in tqdm(bank_sizes, desc="bank size", disable=not progress):
+    for size in progress_bar(bank_sizes, desc="bank size", enabled=progress):
         size = int(size)
         index = faiss.IndexFlatL2(dim)
         index.add(rng.standard_normal((size, dim), dtype=np.float32))

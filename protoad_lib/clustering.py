@@ -9,7 +9,8 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 DEFAULT_MAX_VECTORS = 60_000
 DEFAULT_MAX_PROTOTYPES = 1_000
@@ -56,8 +57,8 @@ def subsample_indices(
         raise ValueError("Coreset subsampling needs the vectors themselves.")
     from .baselines.coreset import GreedyCoresetSampler
 
-    sampler = GreedyCoresetSampler(fraction=max_vectors / n_vectors, seed=seed)
-    return np.sort(sampler.select(torch.from_numpy(vectors)).numpy())
+    sampler = GreedyCoresetSampler(seed=seed)
+    return np.sort(sampler.select(torch.from_numpy(vectors), n_samples=max_vectors).numpy())
 
 
 def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int = 8192,
@@ -77,7 +78,7 @@ def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int 
         raise ValueError(f"Unknown 1-NN index {index!r}; choose 'exact' or 'hnsw'.")
     search_index.add(vectors)
     neighbours = np.empty(n, dtype=np.int64)
-    for start in tqdm(range(0, n, batch_size), desc="FINCH 1-NN", disable=not progress, leave=False):
+    for start in progress_bar(range(0, n, batch_size), desc="FINCH 1-NN", enabled=progress, leave=False):
         stop = min(start + batch_size, n)
         _, found = search_index.search(vectors[start:stop], 2)
         own = np.arange(start, stop)
@@ -133,7 +134,8 @@ def cluster_prototypes(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def kmeans_prototypes(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means (faiss); returns unit centroids and each vector's label."""
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, verbose=False)
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, verbose=False,
+                          min_points_per_centroid=1)
     kmeans.train(vectors)
     _, labels = kmeans.index.search(vectors, 1)
     return l2_normalise(kmeans.centroids), labels[:, 0]
@@ -200,7 +202,8 @@ def build_prototypes(
     elif method == "coreset":
         from .baselines.coreset import GreedyCoresetSampler
 
-        picked = GreedyCoresetSampler(fraction=k / len(vectors), seed=seed).select(torch.from_numpy(vectors))
+        sampler = GreedyCoresetSampler(seed=seed, progress=progress)
+        picked = sampler.select(torch.from_numpy(vectors), n_samples=k)
         prototypes = vectors[picked.numpy()]
     else:
         prototypes = vectors[np.random.default_rng(seed).choice(len(vectors), size=k, replace=False)]

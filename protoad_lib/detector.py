@@ -9,10 +9,10 @@ from typing import Iterable
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .postprocess import AnomalyMapHead
+from .progress import progress_bar
 
 
 @dataclass
@@ -103,7 +103,7 @@ class AnomalyDetector(nn.Module, ABC):
         self.to(device).eval()
         chunks = [
             self.features_from_maps(self.backbone(batch["image"].to(device))).cpu()
-            for batch in tqdm(as_loader(data, batch_size), desc=f"{self.method}: features", disable=not progress)
+            for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: features", enabled=progress)
         ]
         return self.fit_features(torch.cat(chunks))
 
@@ -113,7 +113,7 @@ class AnomalyDetector(nn.Module, ABC):
         """Anomaly maps and image scores for every image of a dataset."""
         self.to(device).eval()
         maps, scores = [], []
-        for batch in tqdm(as_loader(data, batch_size), desc=f"{self.method}: predict", disable=not progress):
+        for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: predict", enabled=progress):
             batch_maps, batch_scores = self(batch["image"].to(device))
             maps.append(batch_maps.cpu())
             scores.append(batch_scores.cpu())

@@ -11,10 +11,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .atomic import atomic_output
 from .backbones import Backbone
+from .progress import progress_bar
 
 
 def combine_layers(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -71,7 +71,7 @@ def extract_features(
     loader = DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
     backbone = backbone.to(device).eval()
     chunks = []
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=description, enabled=progress, leave=False):
         chunks.append(embed(backbone, _images_of(batch).to(device)).to("cpu", dtype))
     if not chunks:
         raise ValueError("No images to extract features from: the dataset is empty.")

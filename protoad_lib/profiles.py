@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .clustering import DEFAULT_MAX_VECTORS
 from .data.datasets import BTAD_CATEGORIES, MVTEC_CATEGORIES
 from .data.synthetic import SYNTHETIC_CATEGORIES
 
@@ -22,7 +23,11 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything a notebook needs to know to run at one scale."""
+    """Everything a notebook needs to know to run at one scale.
+
+    `max_vectors` is how many training patch vectors FINCH clusters per category: the library
+    default (60,000) for the paper profile; 20,000 keeps the demo series within minutes on 2 cores.
+    """
 
     name: str
     datasets: tuple[DatasetSpec, ...]
@@ -31,6 +36,7 @@ class Profile:
     image_size: int = 224
     batch_size: int = 8
     seed: int = 0
+    max_vectors: int = DEFAULT_MAX_VECTORS
     data_dir: Path = field(default=REPO_ROOT / "data")
 
     @property
@@ -47,6 +53,7 @@ PROFILES = {
         name="demo",
         datasets=(DatasetSpec("synthetic_mini", "mvtec", tuple(SYNTHETIC_CATEGORIES)),),
         backbone="efficientnet_lite0",
+        max_vectors=20_000,
     ),
     "paper": Profile(
         name="paper",

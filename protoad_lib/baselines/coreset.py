@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 
 class GreedyCoresetSampler:
@@ -112,7 +113,7 @@ class GreedyCoresetSampler:
         )
 
         selected = torch.empty(n_samples, dtype=torch.long, device=points.device)
-        for step in tqdm(range(n_samples), desc="coreset", disable=not self.progress, leave=False):
+        for step in progress_bar(range(n_samples), desc="coreset", enabled=self.progress, leave=False):
             index = torch.argmax(min_distance)
             selected[step] = index
             distance = self._distances(points, squared_norms, points[index].unsqueeze(0),

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from tqdm import tqdm
+from ..progress import progress_bar
+
 
 Layout = Literal["mvtec", "btad"]
 DatasetName = Literal["mvtec", "btad"]
@@ -161,9 +162,9 @@ def download_file(
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         received = offset
-        with part.open("ab" if offset else "wb") as handle, tqdm(
+        with part.open("ab" if offset else "wb") as handle, progress_bar(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=dest.name, disable=not progress,
+            desc=dest.name, enabled=progress,
         ) as bar:
             while chunk := response.read(chunk_size):
                 handle.write(chunk)

@@ -25,7 +25,6 @@ from ..baselines.coreset import GreedyCoresetSampler
 from ..bench import PeakMemory
 from ..clustering import (
     DEFAULT_MAX_PROTOTYPES,
-    DEFAULT_MAX_VECTORS,
     FinchHierarchy,
     cluster_prototypes,
     finch_hierarchy,
@@ -36,12 +35,9 @@ from ..clustering import (
 )
 from ..metrics import image_auroc, pixel_auroc
 from ..model import ProtoAD, nearest_prototype_distance
-from ..profiles import Profile
 from .overlays import overlay
 
 __all__ = [
-    "DEMO_MAX_VECTORS",
-    "max_vectors_for",
     "training_vectors",
     "TimedHierarchy",
     "timed_finch",
@@ -63,14 +59,6 @@ __all__ = [
 
 #: Patch vectors clustered per category in the demo profile (a stratified subsample of the
 #: 16 x 56 x 56 = 50,176 training patches) so FINCH runs in seconds on 2 CPU cores.
-DEMO_MAX_VECTORS = 20_000
-
-
-def max_vectors_for(profile: Profile) -> int:
-    """How many training patch vectors are clustered: the demo's budget, else the library default."""
-    return DEMO_MAX_VECTORS if profile.name == "demo" else DEFAULT_MAX_VECTORS
-
-
 def training_vectors(features: torch.Tensor, max_vectors: int, seed: int = 0) -> np.ndarray:
     """The unit patch vectors ``build_prototypes`` clusters: stratified subsample of ``[N, C, h, w]``."""
     vectors = patch_vectors(features)

@@ -1,0 +1,253 @@
+"""Tables and figures of the speed notebook (06), from `protoad_lib.bench` results.
+
+All numbers here are machine-dependent timings and memory readings: notebooks show them in cells that
+nbval does not compare. Every figure has a title and axis labels; functions return Figures / DataFrames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+__all__ = [
+    "METHOD_LABELS",
+    "BenchmarkSettings",
+    "benchmark_settings",
+    "benchmark_table",
+    "environment_table",
+    "speedup_table",
+    "throughput_figure",
+    "fit_memory_figure",
+    "head_cost_table",
+    "head_cost_figure",
+    "bank_cost_table",
+    "bank_cost_figure",
+]
+
+METHOD_LABELS = {
+    "backbone": "backbone only",
+    "protoad": "ProtoAD",
+    "patchcore_10": "PatchCore-10%",
+    "patchcore_1": "PatchCore-1%",
+    "padim": "PaDiM",
+    "anomalib_patchcore": "anomalib PatchCore",
+    "anomalib_padim": "anomalib PaDiM",
+}
+_COLOURS = {"backbone": "tab:gray", "protoad": "tab:blue", "patchcore_10": "tab:orange",
+            "patchcore_1": "tab:red", "padim": "tab:green"}
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """How much notebook 06 measures for one profile (the demo keeps it short: few repeats)."""
+
+    batch_sizes: tuple[int, ...]
+    n_images: int
+    warmup: int
+    repeats: int
+    head_ks: tuple[int, ...]
+    bank_sizes: tuple[int, ...]
+    include_anomalib: bool
+
+
+def benchmark_settings(profile_name: str) -> BenchmarkSettings:
+    """Demo: 8 images (ProtoAD's FINCH then clusters 8 x 3,136 patches), batch 1 and 8, 3 timed runs.
+    Paper: 32 images, batch 1 / 8 / 32, 10 timed runs, the harness' default K and bank-size sweeps."""
+    if profile_name == "demo":
+        return BenchmarkSettings(batch_sizes=(1, 8), n_images=8, warmup=1, repeats=3,
+                                 head_ks=(10, 100, 1_000, 10_000), bank_sizes=(1_000, 3_000, 10_000, 30_000),
+                                 include_anomalib=False)
+    return BenchmarkSettings(batch_sizes=(1, 8, 32), n_images=32, warmup=2, repeats=10,
+                             head_ks=(10, 30, 100, 300, 1_000, 3_000, 10_000),
+                             bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True)
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _rows(result: Mapping[str, Any]) -> pd.DataFrame:
+    rows = pd.DataFrame(result["results"])
+    if rows.empty:
+        raise ValueError("the benchmark result has no rows")
+    return rows
+
+
+def benchmark_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (method, batch size): img/s, p50/p95 batch latency, post-backbone head time, peak
+    memory, fit time, K / memory-bank size and fitted-state size, rounded for display."""
+    rows = _rows(result)
+    table = pd.DataFrame({
+        "method": rows["method"].map(_label),
+        "batch": rows["batch_size"],
+        "img/s": rows["images_per_s"].round(1),
+        "p50 ms/batch": rows["p50_ms"].round(1),
+        "p95 ms/batch": rows["p95_ms"].round(1),
+        "head ms/batch": rows["head_ms"].astype(float).round(2),
+        "peak MB": rows["peak_mem_mb"].astype(float).round(0),
+        "fit s": rows["fit_s"].astype(float).round(2),
+        "K / bank": rows["k"].astype("Int64"),
+    })
+    if "state_mb" in rows:
+        table["state MB"] = rows["state_mb"].astype(float).round(2)
+    return table
+
+
+def environment_table(result: Mapping[str, Any],
+                      keys: Sequence[str] = ("cpu", "device", "torch", "torch_threads", "backbone", "weights",
+                                             "image_size", "n_images", "batch_sizes", "warmup", "repeats",
+                                             "cpu_peak_reset", "anomalib", "date")) -> pd.DataFrame:
+    """The benchmark's environment (hardware, versions, settings) as a two-column table."""
+    env = result.get("env", {})
+    return pd.DataFrame([{"key": key, "value": str(env.get(key))} for key in keys if key in env])
+
+
+def speedup_table(result: Mapping[str, Any], reference: str = "protoad") -> pd.DataFrame:
+    """img/s of `reference` divided by every other method's, per batch size (>1: reference is faster)."""
+    rows = _rows(result)
+    out = []
+    for batch, group in rows.groupby("batch_size", sort=True):
+        speeds = dict(zip(group["method"], group["images_per_s"]))
+        if reference not in speeds:
+            continue
+        for method, speed in speeds.items():
+            if method != reference:
+                out.append({"batch": int(batch), "vs": _label(method),
+                            f"{_label(reference)} speed-up": round(speeds[reference] / speed, 2)})
+    return pd.DataFrame(out)
+
+
+def throughput_figure(result: Mapping[str, Any]) -> Figure:
+    """Left: images per second per method, one bar group per batch size. Right: median batch latency
+    with the 95th percentile as a whisker."""
+    rows = _rows(result)
+    methods = list(dict.fromkeys(rows["method"]))
+    batches = sorted(rows["batch_size"].unique())
+    fig, (ax_speed, ax_lat) = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    width = 0.8 / len(batches)
+    x = np.arange(len(methods))
+    for i, batch in enumerate(batches):
+        part = rows[rows["batch_size"] == batch].set_index("method").reindex(methods)
+        offset = (i - (len(batches) - 1) / 2) * width
+        ax_speed.bar(x + offset, part["images_per_s"].to_numpy(dtype=float), width, label=f"batch {batch}")
+        p50 = part["p50_ms"].to_numpy(dtype=float)
+        p95 = part["p95_ms"].to_numpy(dtype=float)
+        ax_lat.bar(x + offset, p50, width, yerr=[np.zeros_like(p50), np.maximum(p95 - p50, 0)], capsize=3,
+                   label=f"batch {batch}")
+    for ax in (ax_speed, ax_lat):
+        ax.set_xticks(x)
+        ax.set_xticklabels([_label(m) for m in methods], rotation=25, ha="right", fontsize=8)
+        ax.set_xlabel("method")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_speed.set_ylabel("images per second")
+    ax_speed.set_title("Throughput (higher is better)", fontsize=10)
+    ax_lat.set_ylabel("latency per batch (ms; bar p50, whisker p95)")
+    ax_lat.set_title("Latency (lower is better)", fontsize=10)
+    env = result.get("env", {})
+    fig.suptitle(f"End-to-end inference on {env.get('device', '?')} ({env.get('backbone', '?')}, "
+                 f"{env.get('image_size', '?')} px)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def fit_memory_figure(result: Mapping[str, Any]) -> Figure:
+    """Fit time, peak inference memory and fitted-state size per method (the smallest batch size's rows)."""
+    rows = _rows(result)
+    rows = rows[(rows["method"] != "backbone") & (rows["batch_size"] == rows["batch_size"].min())]
+    methods = list(rows["method"])
+    x = np.arange(len(methods))
+    colours = [_COLOURS.get(m, "tab:purple") for m in methods]
+    panels = [("fit_s", "fit time (s)", "Fit (backbone pass included)"),
+              ("peak_mem_mb", "peak extra memory (MB)", f"Peak memory, batch {int(rows['batch_size'].min())}")]
+    if "state_mb" in rows:
+        panels.append(("state_mb", "fitted state (MB)", "Stored model state"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6), squeeze=False)
+    for ax, (column, ylabel, title) in zip(axes[0], panels):
+        ax.bar(x, rows[column].to_numpy(dtype=float), color=colours)
+        ax.set_xticks(x)
+        ax.set_xticklabels([_label(m) for m in methods], rotation=25, ha="right", fontsize=8)
+        ax.set_xlabel("method")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Fit time and memory", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def head_cost_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """ProtoAD head cost per K (`bench.head_cost_vs_k` rows): ms per image and multiply-accumulates."""
+    table = pd.DataFrame(rows)
+    return pd.DataFrame({
+        "K": table["k"],
+        "channels": table["channels"],
+        "grid": table["grid"].map(lambda g: f"{g[0]} x {g[1]}"),
+        "ms / image": table["ms_per_image"].round(3),
+        "p95 ms / batch": table["p95_ms"].round(3),
+        "GMAC / image": (table["macs_per_image"] / 1e9).round(3),
+    })
+
+
+def head_cost_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """ProtoAD head time per image vs the number of prototypes K (log-log), with the MAC count."""
+    table = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.plot(table["k"], table["ms_per_image"], marker="o", color="tab:blue", label="measured (p50)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of prototypes K")
+    ax.set_ylabel("head time per image (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax2 = ax.twinx()
+    ax2.plot(table["k"], table["macs_per_image"] / 1e9, linestyle="--", color="tab:gray", label="GMAC / image")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("multiply-accumulates per image (G)")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
+    first = table.iloc[0]
+    ax.set_title(f"ProtoAD head cost vs K ({first['channels']} channels, {first['grid'][0]}x{first['grid'][1]} "
+                 f"grid, {first['device']})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bank_cost_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """PatchCore nearest-neighbour search cost per memory-bank size (`bench.memory_bank_cost` rows)."""
+    table = pd.DataFrame(rows)
+    return pd.DataFrame({
+        "bank size": table["bank_size"],
+        "dim": table["dim"],
+        "queries / image": table["grid"].map(lambda g: g[0] * g[1]),
+        "ms / image": table["ms_per_image"].round(2),
+        "p95 ms / batch": table["p95_ms"].round(2),
+        "bank MB": table["bank_mb"].round(1),
+    })
+
+
+def bank_cost_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """PatchCore exact 1-NN search time per image vs memory-bank size (log-log), with the bank's size in MB."""
+    table = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.plot(table["bank_size"], table["ms_per_image"], marker="o", color="tab:orange", label="measured (p50)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("memory-bank size (vectors)")
+    ax.set_ylabel("1-NN search time per image (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax2 = ax.twinx()
+    ax2.plot(table["bank_size"], table["bank_mb"], linestyle="--", color="tab:gray", label="bank MB")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("memory bank (MB, float32)")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
+    first = table.iloc[0]
+    ax.set_title(f"PatchCore search cost vs bank size (faiss IndexFlatL2, dim {first['dim']}, "
+                 f"{first['grid'][0] * first['grid'][1]} queries/image)", fontsize=10)
+    fig.tight_layout()
+    return fig
