@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import gc
 import json
@@ -717,43 +716,3 @@ def save_json(result: Any, path: str | Path) -> Path:
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(result, indent=2, default=_json_default, allow_nan=False) + "\n")
     return Path(path)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--category", default=None)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--n-images", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--scaling", action="store_true", help="also the head-vs-K and memory-bank tables")
-    parser.add_argument("--out", default=None, help="JSON output path")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    result = run_benchmark(
-        args.backbone, args.methods, args.batch_sizes, args.device, args.data_root, args.category,
-        args.image_size, args.n_images, args.repeats, args.threads, not args.quiet, args.warmup, args.weights,
-    )
-    if args.scaling:
-        result["head_cost_vs_k"] = head_cost_vs_k(device=args.device, repeats=args.repeats, progress=not args.quiet)
-        result["memory_bank_cost"] = memory_bank_cost(repeats=args.repeats, progress=not args.quiet)
-    env = result["env"]
-    print(f"{env['cpu']} | torch {env['torch']} | {env['torch_threads']} threads | device {env['device']} | "
-          f"load average {env['loadavg_start']} -> {env['loadavg_end']}")
-    print(format_table(result))
-    for batch_size, ratios in speed_ratios(result).items():
-        print(f"batch {batch_size}: " + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items()))
-    if args.out:
-        save_json(result, args.out)
-    return result
-
-
-if __name__ == "__main__":
-    main()

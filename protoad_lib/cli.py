@@ -134,15 +134,23 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def command_bench(args: argparse.Namespace) -> None:
-    from .bench import run_benchmark, save_json
+    from .bench import format_table, head_cost_vs_k, memory_bank_cost, run_benchmark, save_json, speed_ratios
 
     result = run_benchmark(
-        backbone_name=args.backbone, methods=tuple(args.methods.split(",")), device=args.device,
-        data_root=args.data_root, category=args.category, threads=args.threads,
+        backbone_name=args.backbone, methods=tuple(args.methods.split(",")), batch_sizes=tuple(args.batch_sizes),
+        device=args.device, data_root=args.data_root, category=args.category, image_size=args.image_size,
+        n_images=args.n_images, repeats=args.repeats, threads=args.threads, warmup=args.warmup,
+        weights=args.weights,
     )
-    for row in result["results"]:
-        print(f"{row['method']:<20} batch {row['batch_size']}: {row['images_per_s']:.1f} img/s  "
-              f"p50 {row['p50_ms']:.1f} ms  head {row['head_ms']:.2f} ms")
+    if args.scaling:
+        result["head_cost_vs_k"] = head_cost_vs_k(device=args.device, repeats=args.repeats)
+        result["memory_bank_cost"] = memory_bank_cost(repeats=args.repeats)
+    env = result["env"]
+    print(f"{env['cpu']} | torch {env['torch']} | {env['torch_threads']} threads | device {env['device']} | "
+          f"load average {env['loadavg_start']} -> {env['loadavg_end']}")
+    print(format_table(result))
+    for batch_size, ratios in speed_ratios(result).items():
+        print(f"batch {batch_size}: " + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items()))
     if args.json:
         save_json(result, args.json)
 
@@ -193,11 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="speed of backbone, ProtoAD, PatchCore and PaDiM in one run")
     bench.add_argument("--backbone", default="efficientnet_lite0")
+    bench.add_argument("--weights", default="imagenet",
+                       help="'random' times the same network when ImageNet weights are not on disk")
     bench.add_argument("--methods", default="protoad,patchcore_10,patchcore_1,padim")
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--device", default="cpu")
-    bench.add_argument("--data-root")
+    bench.add_argument("--data-root", help="default: the synthetic mini benchmark")
     bench.add_argument("--category")
+    bench.add_argument("--image-size", type=int, default=224)
+    bench.add_argument("--n-images", type=int, default=16)
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--scaling", action="store_true", help="also head cost vs K and PatchCore search vs bank size")
     bench.add_argument("--json")
     bench.set_defaults(handler=command_bench)
     return parser
