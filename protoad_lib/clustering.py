@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -106,22 +107,42 @@ class FinchHierarchy:
         return len(self.num_clusters) - 1
 
 
-def finch_hierarchy(vectors: np.ndarray, index: str = "exact", progress: bool = True) -> FinchHierarchy:
-    """FINCH (finch-clust) on unit vectors with cosine distance, the first 1-NN graph from faiss.
-
-    finch-clust computes later levels on the (far fewer) cluster means with exact pairwise
-    distances, so `ann_threshold` is set above the input size to keep every level exact.
-    """
+def _finch_steps():
+    """finch-clust's own graph and merge steps (imported quietly: its optional ANN backend is not needed)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pynndescent is not installed")
-        from finch.finch import FINCH
+        from finch.finch import get_clust, get_merge
+    return get_clust, get_merge
 
-    initial_rank = first_neighbours(vectors, index=index, progress=progress)
-    labels, num_clusters, _ = FINCH(
-        vectors, initial_rank=initial_rank, distance="cosine", ann_threshold=len(vectors) + 1, verbose=False
-    )
-    labels = labels.reshape(len(vectors), -1)
-    return FinchHierarchy(labels=labels, num_clusters=[int(k) for k in num_clusters])
+
+def finch_hierarchy(vectors: np.ndarray, index: str = "exact", progress: bool = True) -> FinchHierarchy:
+    """FINCH on unit vectors with cosine distance, every level's first neighbours from faiss.
+
+    Each level links every cluster to its most cosine-similar other cluster (faiss on the
+    L2-normalised cluster means), takes the connected components with finch-clust's `get_clust`,
+    and merges with its `get_merge` (means of the original vectors), stopping by FINCH's rule
+    (one cluster left, or a level that merges at most one cluster is dropped). This is what
+    finch-clust's `FINCH(initial_rank=...)` computes (tested equal on small inputs), but its later
+    levels use a dense pairwise matrix, which overflows OpenBLAS for ~20,000 1792-d means.
+    """
+    get_clust, get_merge = _finch_steps()
+    labels: list[np.ndarray] = []
+    counts: list[int] = []
+    merged: np.ndarray | list = []
+    means = vectors
+    while True:
+        neighbours = first_neighbours(l2_normalise(np.asarray(means)), index=index, progress=progress)
+        n = len(neighbours)
+        adjacency = sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), neighbours)), shape=(n, n))
+        groups, k = get_clust(adjacency, [], None)
+        if counts and (k == 1 or counts[-1] - k <= 1):
+            break
+        merged, means = get_merge(merged, groups, vectors)
+        labels.append(np.asarray(merged))
+        counts.append(int(k))
+        if k == 1:
+            break
+    return FinchHierarchy(labels=np.stack(labels, axis=1), num_clusters=counts)
 
 
 def cluster_prototypes(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""Prototypes: FINCH hierarchy equals finch-clust's own, subsampling and alternatives behave."""
+
+import numpy as np
+import pytest
+import torch
+from finch.finch import FINCH
+
+from protoad_lib.clustering import (
+    build_prototypes, cluster_prototypes, finch_hierarchy, first_neighbours, l2_normalise, subsample_indices,
+)
+
+
+def blobs(n_per_blob: int, n_blobs: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_blobs, dim))
+    points = np.concatenate([c + 0.3 * rng.normal(size=(n_per_blob, dim)) for c in centres])
+    return l2_normalise(points.astype(np.float32))
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finch_hierarchy_equals_finch_clust(seed):
+    vectors = blobs(60, 12, 16, seed)
+    ours = finch_hierarchy(vectors, progress=False)
+    labels, counts, _ = FINCH(vectors, initial_rank=first_neighbours(vectors, progress=False), distance="cosine",
+                              ann_threshold=len(vectors) + 1, verbose=False)
+    labels = labels.reshape(len(vectors), -1)
+    assert ours.num_clusters == [int(k) for k in counts]
+    for level in range(len(counts)):
+        assert same_partition(ours.level_labels(level), labels[:, level])
+
+
+def test_first_neighbours_are_the_most_similar_other_vector():
+    vectors = blobs(20, 5, 8, 3)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    np.testing.assert_array_equal(first_neighbours(vectors, progress=False), similarity.argmax(axis=1))
+
+
+def test_default_level_is_the_finest_within_the_prototype_budget():
+    hierarchy = finch_hierarchy(blobs(40, 10, 16, 4), progress=False)
+    level = hierarchy.default_level(max_prototypes=hierarchy.num_clusters[1])
+    assert level == 1
+    assert hierarchy.default_level(max_prototypes=0) == len(hierarchy.num_clusters) - 1
+
+
+def test_prototypes_are_unit_cluster_means():
+    vectors = blobs(10, 3, 4, 5)
+    labels = np.repeat([2, 0, 1], 10)
+    prototypes = cluster_prototypes(vectors, labels)
+    expected = l2_normalise(vectors[labels == 0].mean(axis=0, keepdims=True))
+    np.testing.assert_allclose(prototypes[0:1], expected, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(prototypes, axis=1), 1.0, atol=1e-6)
+
+
+def test_stratified_subsampling_takes_the_same_number_from_every_image():
+    chosen = subsample_indices(n_vectors=10 * 100, n_images=10, max_vectors=200, strategy="stratified", seed=0)
+    assert len(chosen) == 200
+    assert np.bincount(chosen // 100, minlength=10).tolist() == [20] * 10
+    again = subsample_indices(n_vectors=1000, n_images=10, max_vectors=200, strategy="stratified", seed=0)
+    np.testing.assert_array_equal(chosen, again)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "coreset", "random"])
+def test_alternatives_give_exactly_k_unit_prototypes(method):
+    features = torch.randn(4, 8, 6, 6, generator=torch.Generator().manual_seed(6))
+    result = build_prototypes(features, method=method, k=17, progress=False)
+    assert result.k == 17
+    np.testing.assert_allclose(np.linalg.norm(result.prototypes, axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_method_and_missing_k_are_clear_errors():
+    features = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="needs k"):
+        build_prototypes(features, method="kmeans")
+    with pytest.raises(ValueError, match="Unknown prototype method"):
+        build_prototypes(features, method="dbscan")
