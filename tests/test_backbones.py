@@ -59,3 +59,10 @@ def test_wide_resnet50_2_shapes_with_random_weights():
     maps = backbone(torch.rand(1, 3, 64, 64))
     assert [m.shape[1] for m in maps] == [256, 512, 1024] and backbone.out_channels == 1792
     assert [m.shape[-1] for m in maps] == [16, 8, 4]
+
+
+def test_any_timm_model_by_name_taps_strides_4_8_16():
+    backbone = load_backbone("timm:resnet18", weights="random")
+    maps = backbone(torch.rand(1, 3, 64, 64))
+    assert backbone.strides == [4, 8, 16]
+    assert [m.shape[-1] for m in maps] == [16, 8, 4] and [m.shape[1] for m in maps] == backbone.channels

@@ -79,3 +79,12 @@ def test_unknown_method_and_missing_k_are_clear_errors():
         build_prototypes(features, method="kmeans")
     with pytest.raises(ValueError, match="Unknown prototype method"):
         build_prototypes(features, method="dbscan")
+
+
+def test_hnsw_first_neighbours_agree_with_exact_search_on_clustered_data():
+    vectors = blobs(100, 10, 16, 7)
+    exact = first_neighbours(vectors, index="exact", progress=False)
+    approximate = first_neighbours(vectors, index="hnsw", progress=False)
+    assert (exact == approximate).mean() > 0.95
+    with pytest.raises(ValueError, match="hnsw"):
+        first_neighbours(vectors, index="ivf", progress=False)
