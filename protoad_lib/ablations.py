@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from .backbones import Backbone
-from .clustering import cluster_prototypes, patch_vectors, subsample_indices
+from .clustering import cluster_prototypes, training_vectors
 from .data.datasets import AnomalyDataset
 from .detector import AnomalyDetector, Predictions, split_layers
 from .evaluation import CategoryData, load_category
@@ -254,10 +254,7 @@ def layer_ablation(backbone: Backbone, categories: Sequence[CategoryData],
 
 def _training_vectors(features: torch.Tensor, config: ProtoADConfig) -> np.ndarray:
     """The unit vectors `build_prototypes` clusters for `config` (same subsample, recomputed)."""
-    vectors = patch_vectors(features)
-    chosen = subsample_indices(len(vectors), features.shape[0], config.max_vectors, config.subsampling,
-                               config.seed, vectors)
-    return vectors[chosen]
+    return training_vectors(features, config.max_vectors, config.subsampling, config.seed)
 
 
 def finch_level_ablation(backbone: Backbone, categories: Sequence[CategoryData],

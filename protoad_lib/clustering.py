@@ -25,6 +25,24 @@ def patch_vectors(features: torch.Tensor) -> np.ndarray:
     return F.normalize(flat.float(), dim=1).contiguous().numpy()
 
 
+def training_vectors(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
+                     subsampling: str = "stratified", seed: int = 0) -> np.ndarray:
+    """The L2-normalised patch vectors prototypes are built from: a subsample of [N, C, h, w] features.
+
+    The subsample's patches are gathered straight from the feature maps, so memory beyond the
+    features themselves is only what is kept (coreset subsampling needs every vector, though).
+    """
+    n_images, channels, height, width = features.shape
+    n_vectors = n_images * height * width
+    everything = patch_vectors(features) if subsampling == "coreset" and n_vectors > max_vectors else None
+    chosen = subsample_indices(n_vectors, n_images, max_vectors, subsampling, seed, everything)
+    if everything is not None:
+        return everything[chosen]
+    index = torch.from_numpy(chosen)
+    gathered = features.flatten(2)[index // (height * width), :, index % (height * width)]
+    return F.normalize(gathered.float(), dim=1).contiguous().numpy()
+
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -207,9 +225,7 @@ def build_prototypes(
         raise ValueError(f"Unknown prototype method {method!r}; choose one of {PROTOTYPE_METHODS}.")
     if method != "finch" and not k:
         raise ValueError(f"Prototype method {method!r} needs k (the number of prototypes).")
-    vectors = patch_vectors(features)
-    chosen = subsample_indices(len(vectors), features.shape[0], max_vectors, subsampling, seed, vectors)
-    vectors = vectors[chosen]
+    vectors = training_vectors(features, max_vectors, subsampling, seed)
     info = {"subsampling": subsampling, "max_vectors": max_vectors, "seed": seed}
     if method == "finch":
         hierarchy = finch_hierarchy(vectors, index=knn_index, progress=progress)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .backbones import Backbone
+from .features import stack_batches
 from .postprocess import AnomalyMapHead
 from .progress import progress_bar
 
@@ -101,11 +102,11 @@ class AnomalyDetector(nn.Module, ABC):
             progress: bool = True) -> "AnomalyDetector":
         """Extract features of the good training images and fit on them."""
         self.to(device).eval()
-        chunks = [
+        batches = (
             self.features_from_maps(self.backbone(batch["image"].to(device))).cpu()
             for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: features", enabled=progress)
-        ]
-        return self.fit_features(torch.cat(chunks))
+        )
+        return self.fit_features(stack_batches(batches, len(data) if isinstance(data, Dataset) else None))
 
     @torch.inference_mode()
     def predict(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",

@@ -70,12 +70,28 @@ def extract_features(
     """Embed every image of a dataset (or an iterable of batches); returns [N, C, h, w] on the CPU."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
     backbone = backbone.to(device).eval()
-    chunks = []
-    for batch in progress_bar(loader, desc=description, enabled=progress, leave=False):
-        chunks.append(embed(backbone, _images_of(batch).to(device)).to("cpu", dtype))
-    if not chunks:
+    batches = (
+        embed(backbone, _images_of(batch).to(device)).to("cpu", dtype)
+        for batch in progress_bar(loader, desc=description, enabled=progress, leave=False)
+    )
+    return stack_batches(batches, len(data) if isinstance(data, Dataset) else None)
+
+
+def stack_batches(batches: Iterable[torch.Tensor], total: int | None = None) -> torch.Tensor:
+    """Concatenate batches along dim 0; with `total` known, into one preallocated tensor (no 2x peak)."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
         raise ValueError("No images to extract features from: the dataset is empty.")
-    return torch.cat(chunks)
+    if total is None:
+        return torch.cat([first, *iterator])
+    stacked = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device)
+    stacked[: len(first)] = first
+    filled = len(first)
+    for batch in iterator:
+        stacked[filled : filled + len(batch)] = batch
+        filled += len(batch)
+    return stacked[:filled]
 
 
 class FeatureCache:

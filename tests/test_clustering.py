@@ -88,3 +88,13 @@ def test_hnsw_first_neighbours_agree_with_exact_search_on_clustered_data():
     assert (exact == approximate).mean() > 0.95
     with pytest.raises(ValueError, match="hnsw"):
         first_neighbours(vectors, index="ivf", progress=False)
+
+
+@pytest.mark.parametrize("subsampling", ["stratified", "random", "none"])
+def test_training_vectors_gather_the_same_rows_as_the_full_flattening(subsampling):
+    from protoad_lib.clustering import patch_vectors, training_vectors
+
+    features = torch.randn(5, 6, 4, 3, generator=torch.Generator().manual_seed(8))
+    chosen = subsample_indices(60, 5, 25, subsampling, seed=3)
+    expected = patch_vectors(features)[chosen]
+    np.testing.assert_allclose(training_vectors(features, 25, subsampling, seed=3), expected, atol=1e-6)

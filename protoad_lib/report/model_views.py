@@ -23,6 +23,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from ..backbones import Backbone
 from ..baselines.coreset import GreedyCoresetSampler
 from ..bench import PeakMemory
+from .. import clustering
 from ..clustering import (
     DEFAULT_MAX_PROTOTYPES,
     FinchHierarchy,
@@ -30,8 +31,6 @@ from ..clustering import (
     finch_hierarchy,
     kmeans_prototypes,
     l2_normalise,
-    patch_vectors,
-    subsample_indices,
 )
 from ..metrics import image_auroc, pixel_auroc
 from ..model import ProtoAD, nearest_prototype_distance
@@ -61,9 +60,7 @@ __all__ = [
 #: 16 x 56 x 56 = 50,176 training patches) so FINCH runs in seconds on 2 CPU cores.
 def training_vectors(features: torch.Tensor, max_vectors: int, seed: int = 0) -> np.ndarray:
     """The unit patch vectors ``build_prototypes`` clusters: stratified subsample of ``[N, C, h, w]``."""
-    vectors = patch_vectors(features)
-    chosen = subsample_indices(len(vectors), features.shape[0], max_vectors, "stratified", seed, vectors)
-    return vectors[chosen]
+    return clustering.training_vectors(features, max_vectors, "stratified", seed)
 
 
 # --------------------------------------------------------------------------- FINCH hierarchy
