@@ -194,27 +194,38 @@ def head_cost_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     })
 
 
+def _log_cost_figure(x: pd.Series, milliseconds: pd.Series, secondary: pd.Series, *, color: str, xlabel: str,
+                     ylabel: str, secondary_label: str, secondary_axis: str, title: str) -> Figure:
+    """Measured time per image against a size (log-log), with a second quantity on a right-hand axis."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.plot(x, milliseconds, marker="o", color=color, label="measured (p50)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax2 = ax.twinx()
+    ax2.plot(x, secondary, linestyle="--", color="tab:gray", label=secondary_label)
+    ax2.set_yscale("log")
+    ax2.set_ylabel(secondary_axis)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def head_cost_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """ProtoAD head time per image vs the number of prototypes K (log-log), with the MAC count."""
     table = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    ax.plot(table["k"], table["ms_per_image"], marker="o", color="tab:blue", label="measured (p50)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("number of prototypes K")
-    ax.set_ylabel("head time per image (ms)")
-    ax.grid(alpha=0.3, which="both")
-    ax2 = ax.twinx()
-    ax2.plot(table["k"], table["macs_per_image"] / 1e9, linestyle="--", color="tab:gray", label="GMAC / image")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("multiply-accumulates per image (G)")
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
     first = table.iloc[0]
-    ax.set_title(f"ProtoAD head cost vs K ({first['channels']} channels, {first['grid'][0]}x{first['grid'][1]} "
-                 f"grid, {first['device']})", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _log_cost_figure(
+        table["k"], table["ms_per_image"], table["macs_per_image"] / 1e9, color="tab:blue",
+        xlabel="number of prototypes K", ylabel="head time per image (ms)", secondary_label="GMAC / image",
+        secondary_axis="multiply-accumulates per image (G)",
+        title=f"ProtoAD head cost vs K ({first['channels']} channels, {first['grid'][0]}x{first['grid'][1]} "
+              f"grid, {first['device']})",
+    )
 
 
 def bank_cost_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -233,21 +244,11 @@ def bank_cost_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def bank_cost_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """PatchCore exact 1-NN search time per image vs memory-bank size (log-log), with the bank's size in MB."""
     table = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    ax.plot(table["bank_size"], table["ms_per_image"], marker="o", color="tab:orange", label="measured (p50)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("memory-bank size (vectors)")
-    ax.set_ylabel("1-NN search time per image (ms)")
-    ax.grid(alpha=0.3, which="both")
-    ax2 = ax.twinx()
-    ax2.plot(table["bank_size"], table["bank_mb"], linestyle="--", color="tab:gray", label="bank MB")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("memory bank (MB, float32)")
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
     first = table.iloc[0]
-    ax.set_title(f"PatchCore search cost vs bank size (faiss IndexFlatL2, dim {first['dim']}, "
-                 f"{first['grid'][0] * first['grid'][1]} queries/image)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _log_cost_figure(
+        table["bank_size"], table["ms_per_image"], table["bank_mb"], color="tab:orange",
+        xlabel="memory-bank size (vectors)", ylabel="1-NN search time per image (ms)", secondary_label="bank MB",
+        secondary_axis="memory bank (MB, float32)",
+        title=f"PatchCore search cost vs bank size (faiss IndexFlatL2, dim {first['dim']}, "
+              f"{first['grid'][0] * first['grid'][1]} queries/image)",
+    )
