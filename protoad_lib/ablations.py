@@ -11,7 +11,6 @@ methods, so both notebooks score exactly the same way.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,10 +22,9 @@ import torch
 from .backbones import Backbone
 from .clustering import cluster_prototypes, training_vectors
 from .data.datasets import AnomalyDataset
-from .detector import AnomalyDetector, Predictions, split_layers
-from .evaluation import CategoryData, load_category
+from .detector import split_layers
+from .evaluation import CategoryData, Scored, fit_and_score, load_category, score
 from .features import CacheKey, FeatureCache, combine_layers, extract_features
-from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
 from .model import ProtoAD, ProtoADConfig
 from .profiles import get_profile
 
@@ -115,62 +113,6 @@ def load_categories(run, backbone: Backbone, cache: FeatureCache | None = None,
 
 
 # --------------------------------------------------------------------------- fit and score
-
-
-@dataclass
-class Scored:
-    """Metrics (fractions), predictions and timings of one detector on one category."""
-
-    metrics: dict
-    predictions: Predictions
-    fit_s: float | None = None
-    infer_s: float | None = None
-
-
-def _metrics(data: CategoryData, predictions: Predictions, full: bool) -> dict:
-    if full:
-        return evaluate_all(data.labels, predictions.scores, data.masks, predictions.maps)
-    return {
-        "image_auroc": image_auroc(data.labels, predictions.scores),
-        "pixel_auroc": pixel_auroc(data.masks, predictions.maps),
-        "aupro": aupro(data.masks, predictions.maps),
-    }
-
-
-def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.Tensor | None = None,
-          full_metrics: bool = False) -> Scored:
-    """Score a fitted detector on a category's cached test embeddings (or the given ones).
-
-    `full_metrics` adds image/pixel F1-max to image/pixel AUROC and AUPRO.
-    """
-    test = data.test_embeddings if test_embeddings is None else test_embeddings
-    start = time.perf_counter()
-    predictions = detector.eval().predict_embeddings(test, tuple(data.masks.shape[-2:]))
-    infer_s = time.perf_counter() - start
-    return Scored(_metrics(data, predictions, full_metrics), predictions, None, infer_s)
-
-
-def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
-                  test_embeddings: torch.Tensor | None = None, full_metrics: bool = False) -> Scored:
-    """Fit on the cached train embeddings and score the test embeddings, without progress output.
-
-    Same protocol as `evaluation.evaluate_on_category` (backbone skipped, the method's features taken
-    from the stride-4 embedding); the embeddings can be replaced (e.g. a layer subset for ProtoAD,
-    whose features are the embedding itself).
-    """
-    train = data.train_embeddings if train_embeddings is None else train_embeddings
-    if hasattr(detector, "progress"):
-        detector.progress = False
-    start = time.perf_counter()
-    features = detector.features_from_embedding(train)
-    if isinstance(detector, ProtoAD):
-        detector.fit_features(features, progress=False)
-    else:
-        detector.fit_features(features)
-    fit_s = time.perf_counter() - start
-    scored = score(detector, data, test_embeddings, full_metrics)
-    scored.fit_s = fit_s
-    return scored
 
 
 def fit_protoad(backbone: Backbone, data: CategoryData, config: ProtoADConfig | None = None,

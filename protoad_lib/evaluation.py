@@ -12,7 +12,8 @@ from .backbones import Backbone
 from .data.datasets import AnomalyDataset
 from .detector import AnomalyDetector, Predictions
 from .features import CacheKey, FeatureCache, extract_features
-from .metrics import evaluate_all
+from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
+from .model import ProtoAD
 
 METHODS = ("protoad", "patchcore", "padim")
 
@@ -71,24 +72,63 @@ def load_category(
 
 
 @dataclass
-class EvaluationResult:
-    """Metrics (fractions in 0..1), timings and the predictions of one method on one category."""
+class Scored:
+    """Metrics (fractions), predictions and timings of one detector on one category."""
 
     metrics: dict
     predictions: Predictions
+    fit_s: float | None = None
+    infer_s: float | None = None
 
-    def row(self) -> dict:
-        return dict(self.metrics)
+
+def _metrics(data: CategoryData, predictions: Predictions, full: bool) -> dict:
+    if full:
+        return evaluate_all(data.labels, predictions.scores, data.masks, predictions.maps)
+    return {
+        "image_auroc": image_auroc(data.labels, predictions.scores),
+        "pixel_auroc": pixel_auroc(data.masks, predictions.maps),
+        "aupro": aupro(data.masks, predictions.maps),
+    }
 
 
-def evaluate_on_category(detector: AnomalyDetector, data: CategoryData) -> EvaluationResult:
-    """Fit on the cached train embeddings, score the cached test embeddings (the backbone runs once)."""
+def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.Tensor | None = None,
+          full_metrics: bool = False) -> Scored:
+    """Score a fitted detector on a category's cached test embeddings (or the given ones).
+
+    `full_metrics` adds image/pixel F1-max to image/pixel AUROC and AUPRO.
+    """
+    test = data.test_embeddings if test_embeddings is None else test_embeddings
     start = time.perf_counter()
-    detector.fit_features(detector.features_from_embedding(data.train_embeddings))
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    predictions = detector.predict_embeddings(data.test_embeddings, data.image_size)
+    predictions = detector.eval().predict_embeddings(test, tuple(data.masks.shape[-2:]))
     infer_s = time.perf_counter() - start
-    metrics = evaluate_all(data.labels, predictions.scores, data.masks, predictions.maps)
-    metrics |= {"fit_s": fit_s, "infer_s": infer_s, "n_train": len(data.train), "n_test": len(data.test)}
-    return EvaluationResult(metrics, predictions)
+    return Scored(_metrics(data, predictions, full_metrics), predictions, None, infer_s)
+
+
+def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
+                  test_embeddings: torch.Tensor | None = None, full_metrics: bool = False) -> Scored:
+    """Fit on the cached train embeddings and score the test embeddings, without progress output.
+
+    The backbone is skipped: the method's features are taken from the stride-4 embedding; the
+    embeddings can be replaced (e.g. a layer subset for ProtoAD, whose features are the embedding).
+    """
+    train = data.train_embeddings if train_embeddings is None else train_embeddings
+    if hasattr(detector, "progress"):
+        detector.progress = False
+    start = time.perf_counter()
+    features = detector.features_from_embedding(train)
+    if isinstance(detector, ProtoAD):
+        detector.fit_features(features, progress=False)
+    else:
+        detector.fit_features(features)
+    fit_s = time.perf_counter() - start
+    scored = score(detector, data, test_embeddings, full_metrics)
+    scored.fit_s = fit_s
+    return scored
+
+
+def evaluate_on_category(detector: AnomalyDetector, data: CategoryData) -> Scored:
+    """Fit on the cached train embeddings, score the test ones, all metrics plus timings and counts."""
+    scored = fit_and_score(detector, data, full_metrics=True)
+    scored.metrics |= {"fit_s": scored.fit_s, "infer_s": scored.infer_s, "n_train": len(data.train),
+                       "n_test": len(data.test)}
+    return scored
