@@ -139,12 +139,17 @@ def _weave_defect(defect: str, img: np.ndarray, ctx: dict, rng: np.random.Genera
         mask = _blob(yy, xx, cy, cx, rng.uniform(0.05, 0.09) * size, rng)
         palette = np.array([[0.45, 0.27, 0.10], [0.20, 0.30, 0.62], [0.35, 0.50, 0.20]])
         colour = palette[rng.integers(len(palette))]
-        alpha = rng.uniform(0.45, 0.6)
-        out = img.copy()
-        out[mask] = (1 - alpha) * img[mask] + alpha * colour
+        out = _tint(img, mask, colour, rng.uniform(0.45, 0.6))
     else:  # pragma: no cover - guarded by caller
         raise ValueError(f"unknown weave defect {defect!r}")
     return out, mask
+
+
+def _tint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
+    """A copy of `img` with `colour` blended into the masked pixels at opacity `alpha`."""
+    out = img.copy()
+    out[mask] = (1 - alpha) * img[mask] + alpha * colour
+    return out
 
 
 # --------------------------------------------------------------------------- disc (object)
@@ -202,9 +207,7 @@ def _disc_defect(defect: str, img: np.ndarray, ctx: dict, rng: np.random.Generat
         cy, cx = _point_on_ring(ctx, rng, rad * 1.2 + 2 * s)
         mask = _blob(yy, xx, cy, cx, rad, rng) & ctx["solid"]
         colour = np.array([0.55, 0.26, 0.10]) * rng.uniform(0.9, 1.1)
-        a = rng.uniform(0.6, 0.75)
-        out = img.copy()
-        out[mask] = (1 - a) * img[mask] + a * colour
+        out = _tint(img, mask, colour, rng.uniform(0.6, 0.75))
     else:  # pragma: no cover - guarded by caller
         raise ValueError(f"unknown disc defect {defect!r}")
     return out, mask
