@@ -24,7 +24,7 @@ from .clustering import cluster_prototypes, training_vectors
 from .data.datasets import AnomalyDataset
 from .detector import split_layers
 from .evaluation import CategoryData, Scored, fit_and_score, load_category, score
-from .features import CacheKey, FeatureCache, combine_layers, extract_features
+from .features import CacheKey, FeatureCache, combine_layers, embed_split
 from .model import ProtoAD, ProtoADConfig
 from .profiles import get_profile
 
@@ -85,9 +85,6 @@ def ablation_plan(profile_name: str) -> AblationPlan:
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
                         image_size_categories=1 if profile_name == "demo" else None)
-
-
-# --------------------------------------------------------------------------- quiet execution
 
 
 # --------------------------------------------------------------------------- data
@@ -292,18 +289,6 @@ def resize_for(image_size: int, base_resize: int = 256, base_crop: int = 224) ->
     return int(round(image_size * base_resize / base_crop))
 
 
-def _sized_embeddings(backbone: Backbone, dataset: AnomalyDataset, key: CacheKey, cache: FeatureCache | None,
-                      batch_size: int, device: str) -> torch.Tensor:
-    if cache is not None:
-        cached = cache.load(key)
-        if cached is not None:
-            return cached
-    features = extract_features(backbone, dataset, batch_size, device, progress=False)
-    if cache is not None:
-        cache.save(key, features)
-    return features
-
-
 def image_size_ablation(backbone: Backbone, root: str | Path, category: str, layout: str = "mvtec",
                         sizes: Sequence[int] = (160, 224, 288), config: ProtoADConfig | None = None,
                         cache: FeatureCache | None = None, dataset_name: str = "dataset",
@@ -323,9 +308,8 @@ def image_size_ablation(backbone: Backbone, root: str | Path, category: str, lay
         datasets = []
         for split in ("train", "test"):
             dataset = AnomalyDataset(root, category, split, layout=layout, resize=resize, crop=size)
-            key = CacheKey(name, category, split, backbone.name, backbone.weights, tuple(backbone.layers), size,
-                           len(dataset))
-            embeddings.append(_sized_embeddings(backbone, dataset, key, cache, batch_size, device))
+            key = CacheKey.of(name, category, split, backbone, size, len(dataset))
+            embeddings.append(embed_split(backbone, dataset, key, cache, batch_size, device, progress=False))
             datasets.append(dataset)
         test = datasets[1]
         masks = torch.stack([test[i]["mask"][0] for i in range(len(test))])

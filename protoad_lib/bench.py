@@ -209,21 +209,18 @@ class PeakMemory:
 # --- methods -------------------------------------------------------------------------------------------
 
 
+BENCH_METHODS = {"protoad": ("protoad", {}), "patchcore_10": ("patchcore", {"coreset_fraction": 0.1}),
+                 "patchcore_1": ("patchcore", {"coreset_fraction": 0.01}), "padim": ("padim", {})}
+
+
 def build_detector(method: str, backbone: Backbone) -> AnomalyDetector:
     """A fresh, unfitted detector for a benchmark method name."""
-    if method == "protoad":
-        from .model import ProtoAD
+    from .evaluation import make_detector
 
-        return ProtoAD(backbone)
-    if method in ("patchcore_10", "patchcore_1"):
-        from .baselines import PatchCore
-
-        return PatchCore(backbone, coreset_fraction=0.1 if method == "patchcore_10" else 0.01)
-    if method == "padim":
-        from .baselines import PaDiM
-
-        return PaDiM(backbone)
-    raise ValueError(f"Unknown method {method!r}; choose from {DEFAULT_METHODS + ANOMALIB_METHODS}")
+    if method not in BENCH_METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose from {DEFAULT_METHODS + ANOMALIB_METHODS}")
+    name, options = BENCH_METHODS[method]
+    return make_detector(name, backbone, **options)
 
 
 def detector_k(detector: nn.Module) -> int | None:

@@ -11,7 +11,7 @@ import torch
 from .backbones import Backbone
 from .data.datasets import AnomalyDataset
 from .detector import AnomalyDetector, Predictions
-from .features import CacheKey, FeatureCache, extract_features
+from .features import CacheKey, FeatureCache, embed_split
 from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
 from .model import ProtoAD
 
@@ -58,13 +58,8 @@ def load_category(
     start = time.perf_counter()
     embeddings = []
     for split, dataset in (("train", train), ("test", test)):
-        key = CacheKey(dataset_name, category, split, backbone.name, backbone.weights, tuple(backbone.layers),
-                       image_size, len(dataset))
-        if cache is not None:
-            embeddings.append(cache.get_or_extract(key, backbone, dataset, batch_size, device))
-        else:
-            embeddings.append(extract_features(backbone, dataset, batch_size, device, progress=progress,
-                                               description=f"{category}/{split}"))
+        key = CacheKey.of(dataset_name, category, split, backbone, image_size, len(dataset))
+        embeddings.append(embed_split(backbone, dataset, key, cache, batch_size, device, progress))
     masks = torch.stack([test[i]["mask"][0] for i in range(len(test))])
     labels = torch.tensor(test.labels)
     return CategoryData(category, train, test, embeddings[0], embeddings[1], labels, masks,

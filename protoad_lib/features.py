@@ -45,6 +45,13 @@ class CacheKey:
     image_size: int
     n_images: int
 
+    @classmethod
+    def of(cls, dataset: str, category: str, split: str, backbone: Backbone, image_size: int,
+           n_images: int) -> "CacheKey":
+        """The key of one dataset split embedded by `backbone`."""
+        return cls(dataset, category, split, backbone.name, backbone.weights, tuple(backbone.layers), image_size,
+                   n_images)
+
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -126,12 +133,24 @@ class FeatureCache:
 
     def get_or_extract(
         self, key: CacheKey, backbone: Backbone, data: Dataset, batch_size: int = 8,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "cpu", progress: bool = True,
     ) -> torch.Tensor:
         """Cached features when present; otherwise extract, store and return them."""
         cached = self.load(key)
         if cached is not None:
             return cached
-        features = extract_features(backbone, data, batch_size, device, description=f"{key.category}/{key.split}")
+        features = extract_features(backbone, data, batch_size, device, progress=progress,
+                                    description=f"{key.category}/{key.split}")
         self.save(key, features)
         return features
+
+
+def embed_split(
+    backbone: Backbone, data: Dataset, key: CacheKey, cache: FeatureCache | None = None, batch_size: int = 8,
+    device: str | torch.device = "cpu", progress: bool = True,
+) -> torch.Tensor:
+    """Embeddings of one dataset split: through the cache when one is given, else extracted afresh."""
+    if cache is not None:
+        return cache.get_or_extract(key, backbone, data, batch_size, device, progress)
+    return extract_features(backbone, data, batch_size, device, progress=progress,
+                            description=f"{key.category}/{key.split}")

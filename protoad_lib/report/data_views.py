@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from ..atomic import atomic_output
 from ..backbones import Backbone
 from ..data.datasets import AnomalyDataset
-from ..features import CacheKey, FeatureCache, extract_features
+from ..features import CacheKey, FeatureCache
 from ..profiles import REPO_ROOT, DatasetSpec, Profile, dataset_root, get_profile
 
 __all__ = [
@@ -314,8 +314,7 @@ def embedding_shapes(backbone: Backbone, images01: torch.Tensor) -> pd.DataFrame
 def feature_key(run: RunSetup, backbone: Backbone, spec: DatasetSpec, category: str, split: str,
                 n_images: int) -> CacheKey:
     """The cache key of one category split (same convention as ``protoad_lib.evaluation``)."""
-    return CacheKey(spec.name, category, split, backbone.name, backbone.weights, tuple(backbone.layers),
-                    run.profile.image_size, n_images)
+    return CacheKey.of(spec.name, category, split, backbone, run.profile.image_size, n_images)
 
 
 def load_or_extract(run: RunSetup, backbone: Backbone, cache: FeatureCache, spec: DatasetSpec,
@@ -323,10 +322,7 @@ def load_or_extract(run: RunSetup, backbone: Backbone, cache: FeatureCache, spec
     """Stride-4 embeddings ``[N, C, h, w]`` of a split from the cache, extracting (silently) on a miss."""
     dataset = run.dataset(spec, category, split)
     key = feature_key(run, backbone, spec, category, split, len(dataset))
-    features = cache.load(key)
-    if features is None:
-        features = extract_features(backbone, dataset, run.profile.batch_size, run.device, progress=False)
-        cache.save(key, features)
+    features = cache.get_or_extract(key, backbone, dataset, run.profile.batch_size, run.device, progress=False)
     return features, cache.path(key)
 
 
