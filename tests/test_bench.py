@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -61,14 +62,25 @@ def test_percentiles():
     assert bench.p95(times) == pytest.approx(0.48)
 
 
+PEAK_PROBE = """
+import torch
+from protoad_lib import bench
+with bench.PeakMemory("cpu") as memory:
+    block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    block += 1
+print(memory.peak_mb, memory.reset)
+"""
+
+
 def test_peak_memory_is_non_negative_and_counts_a_large_allocation():
-    with bench.PeakMemory("cpu") as memory:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
-        block += 1
-    del block
-    assert memory.peak_mb >= 0
-    if memory.reset:
-        assert memory.peak_mb > 32
+    # A fresh process: in a long test session other threads' memory churn moves the process-wide peak.
+    import subprocess
+
+    output = subprocess.run([sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True, check=True).stdout
+    peak_mb, reset = output.split()
+    assert float(peak_mb) >= 0
+    if reset == "True":
+        assert float(peak_mb) > 32
 
 
 def test_benchmark_json_shape(result):
