@@ -23,8 +23,12 @@ test: unit nbval
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The notebooks write their tables and figures into a temporary folder here, so `make test` leaves
+# the working tree as it found it (the committed results/demo/ are written by `make notebooks`).
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg
+	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	PROTOAD_RESULTS_DIR="$$scratch/demo" $(BIN)/python -m pytest -q --nbval notebooks \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg
 
 notebooks: $(STAMP)
 	$(BIN)/python -m protoad_lib.run --profile demo --update-notebooks

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -16,10 +15,11 @@ from pathlib import Path
 import torch
 
 from protoad_lib.backbones import load_backbone
-from protoad_lib.data.datasets import AnomalyDataset
+from protoad_lib.data import AnomalyDataset
 from protoad_lib.data.synthetic import generate_mini_benchmark
+from protoad_lib.experiments.measure import peak_rss_mb
 from protoad_lib.features import extract_features
-from protoad_lib.model import ProtoAD
+from protoad_lib.methods import ProtoAD
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         "backbone": args.backbone, "n_train": args.n_train, "patch_vectors": features.shape[0] * 56 * 56,
         "features_s": round(features_s, 1), "fit_total_s": round(total_s, 1), "k": model.k,
         "finch_levels": model.prototype_set.hierarchy.num_clusters,
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": round(peak_rss_mb() / 1024, 2),
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result))

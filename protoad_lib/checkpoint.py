@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -12,20 +13,13 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_output
 from .backbones import Backbone, load_backbone
-from .detector import AnomalyDetector
+from .methods import AnomalyDetector, checkpoint_class
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sigma moved into the method config
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the backbone it is used with."""
-
-
-def detector_classes() -> dict[str, type[AnomalyDetector]]:
-    from .baselines import PaDiM, PatchCore
-    from .model import ProtoAD
-
-    return {cls.method: cls for cls in (ProtoAD, PatchCore, PaDiM)}
 
 
 def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int) -> dict:
@@ -38,7 +32,6 @@ def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int)
         "layers": backbone.layers,
         "channels": backbone.channels,
         "normalisation": {"mean": backbone.mean.flatten().tolist(), "std": backbone.std.flatten().tolist()},
-        "sigma": detector.sigma,
         "image_size": image_size,
         "resize": resize,
         "config": detector.config(),
@@ -81,12 +74,10 @@ def load_detector(path: str | Path, backbone: Backbone | None = None) -> tuple[A
             f"Checkpoint {path} was fitted with {metadata['backbone']} (channels {metadata['channels']}), "
             f"not {backbone.name} (channels {backbone.channels}); use the same backbone and layers."
         )
-    classes = detector_classes()
-    if metadata["method"] not in classes:
+    detector_class = checkpoint_class(metadata["method"])
+    if detector_class is None:
         raise CheckpointError(f"Checkpoint {path} holds an unknown method {metadata['method']!r}.")
-    detector = classes[metadata["method"]].from_state(backbone, metadata["config"], tensors)
-    detector.set_sigma(metadata["sigma"])
-    return detector.eval(), metadata
+    return detector_class.from_state(backbone, metadata["config"], tensors).eval(), metadata
 
 
 def export_torchscript(detector: AnomalyDetector, path: str | Path, image_size: int = 224) -> Path:
@@ -98,6 +89,15 @@ def export_torchscript(detector: AnomalyDetector, path: str | Path, image_size: 
     with atomic_output(path) as temporary:
         traced.save(str(temporary))
     return Path(path)
+
+
+#: What ONNX export and its check need: the optional `export` extra (`pip install -e '.[export]'`).
+EXPORT_MODULES = ("onnx", "onnxruntime")
+
+
+def missing_export_modules() -> list[str]:
+    """The modules of the `export` extra that are not installed (empty: ONNX export works)."""
+    return [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
 
 
 def export_onnx(detector: AnomalyDetector, path: str | Path, image_size: int = 224, opset: int = 18) -> Path:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .experiments.measure import peak_rss_mb
+from .methods import REGISTRY, bench_names, method_names
 
 EXIT_USAGE = 2
 
@@ -19,13 +21,8 @@ class CliError(Exception):
     """A user-facing problem: printed as one clear message, exit status 2."""
 
 
-def peak_memory_mb() -> float:
-    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _training_data(args: argparse.Namespace):
-    from .data.datasets import AnomalyDataset, DatasetError, ImageFolderDataset
+    from .data import AnomalyDataset, DatasetError, ImageFolderDataset
 
     try:
         if args.train_dir:
@@ -38,26 +35,38 @@ def _training_data(args: argparse.Namespace):
         raise CliError(str(error)) from error
 
 
+def _fit_options(args: argparse.Namespace) -> dict:
+    """Constructor options from the command line: ProtoAD's clustering flags; the registry's defaults otherwise."""
+    if args.method != "protoad":
+        return {}
+    from .methods import ProtoADConfig
+
+    return {"config": ProtoADConfig(level=args.level, max_prototypes=args.max_prototypes,
+                                    max_vectors=args.max_vectors, subsampling=args.subsampling, seed=args.seed)}
+
+
 def command_fit(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .checkpoint import save_detector
-    from .model import ProtoAD, ProtoADConfig
+    from .methods import fitted_size, make_detector
 
     data = _training_data(args)
     start = time.perf_counter()
-    config = ProtoADConfig(level=args.level, max_prototypes=args.max_prototypes, max_vectors=args.max_vectors,
-                           subsampling=args.subsampling, seed=args.seed)
-    model = ProtoAD(load_backbone(args.backbone), config=config)
+    model = make_detector(args.method, load_backbone(args.backbone), **_fit_options(args))
     model.fit(data, batch_size=args.batch_size, device=args.device)
     elapsed = time.perf_counter() - start
     save_detector(model.cpu(), args.out, image_size=args.image_size, resize=args.resize)
-    levels = model.prototype_set.hierarchy.num_clusters if model.prototype_set.hierarchy else []
-    print(f"images: {len(data)}  FINCH levels (K): {levels}  level: {model.prototype_set.level}  K: {model.k}")
-    print(f"fit time: {elapsed:.1f} s  peak memory: {peak_memory_mb():.0f} MB  checkpoint: {args.out}")
+    if args.method == "protoad":
+        levels = model.prototype_set.hierarchy.num_clusters if model.prototype_set.hierarchy else []
+        print(f"images: {len(data)}  FINCH levels (K): {levels}  level: {model.prototype_set.level}  K: {model.k}")
+    else:
+        size = fitted_size(model)
+        print(f"images: {len(data)}  method: {REGISTRY[args.method].label}" + (f"  size: {size}" if size else ""))
+    print(f"fit time: {elapsed:.1f} s  peak memory: {peak_rss_mb():.0f} MB  checkpoint: {args.out}")
 
 
 def _collect_images(inputs: list[str]) -> list[Path]:
-    from .data.datasets import list_images
+    from .data import list_images
 
     paths: list[Path] = []
     for item in inputs:
@@ -75,7 +84,7 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 def command_predict(args: argparse.Namespace) -> None:
     from .checkpoint import CheckpointError, load_detector
-    from .data.datasets import CorruptImageError, load_rgb, paper_transform
+    from .data import CorruptImageError, load_rgb, paper_transform
     from .report.overlays import overlay
 
     try:
@@ -113,8 +122,9 @@ def command_predict(args: argparse.Namespace) -> None:
 
 def command_evaluate(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
-    from .data.datasets import DatasetError
-    from .evaluation import evaluate_on_category, load_category, make_detector
+    from .data import DatasetError
+    from .evaluation import evaluate_on_category, load_category
+    from .methods import make_detector
 
     backbone = load_backbone(args.backbone)
     try:
@@ -134,7 +144,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def command_bench(args: argparse.Namespace) -> None:
-    from .bench import format_table, head_cost_vs_k, memory_bank_cost, run_benchmark, save_json, speed_ratios
+    from .experiments.bench import format_table, run_benchmark, save_json, speed_ratios
+    from .experiments.scaling import head_cost_vs_k, memory_bank_cost
 
     result = run_benchmark(
         backbone_name=args.backbone, methods=tuple(args.methods.split(",")), batch_sizes=tuple(args.batch_sizes),
@@ -150,7 +161,7 @@ def command_bench(args: argparse.Namespace) -> None:
           f"load average {env['loadavg_start']} -> {env['loadavg_end']}")
     print(format_table(result))
     for batch_size, ratios in speed_ratios(result).items():
-        print(f"batch {batch_size}: " + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items()))
+        print(f"batch {batch_size}: " + ", ".join(f"protoad/{name} {value:.2f}x" for name, value in ratios.items()))
     if args.json:
         save_json(result, args.json)
 
@@ -166,14 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protoad", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    fit = commands.add_parser("fit", help="build prototypes from good images and write a checkpoint")
+    fit = commands.add_parser("fit", help="fit a method on good images and write a checkpoint")
+    fit.add_argument("--method", choices=method_names(), default="protoad",
+                     help="; ".join(f"{name}: {REGISTRY[name].summary}" for name in method_names()))
     fit.add_argument("--data-root", help="folder holding <category>/train/... (MVTec AD or BTAD layout)")
     fit.add_argument("--category")
     fit.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
     fit.add_argument("--train-dir", help="a plain folder of good images instead of a benchmark layout")
     fit.add_argument("--backbone", default="efficientnet_lite0")
     fit.add_argument("--out", required=True, help="checkpoint file (.safetensors)")
-    fit.add_argument("--level", type=int, default=None, help="FINCH partition level (default: rule below)")
+    fit.add_argument("--level", type=int, default=None, help="ProtoAD: FINCH partition level (default: rule below)")
     fit.add_argument("--max-prototypes", type=int, default=1000,
                      help="default level = the finest FINCH level with at most this many clusters")
     fit.add_argument("--max-vectors", type=int, default=60000, help="patch vectors clustered at most")
@@ -193,17 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", required=True)
     evaluate.add_argument("--category", required=True)
     evaluate.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
-    evaluate.add_argument("--method", choices=("protoad", "patchcore", "padim"), default="protoad")
+    evaluate.add_argument("--method", choices=method_names(), default="protoad",
+                          help="; ".join(f"{name}: {REGISTRY[name].summary}" for name in method_names()))
     evaluate.add_argument("--backbone", default="efficientnet_lite0")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     _add_image_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
-    bench = commands.add_parser("bench", help="speed of backbone, ProtoAD, PatchCore and PaDiM in one run")
+    bench = commands.add_parser("bench", help="speed of the backbone alone and every method in one run")
     bench.add_argument("--backbone", default="efficientnet_lite0")
     bench.add_argument("--weights", default="imagenet",
                        help="'random' times the same network when ImageNet weights are not on disk")
-    bench.add_argument("--methods", default="protoad,patchcore_10,patchcore_1,padim")
+    bench.add_argument("--methods", default=",".join(bench_names()),
+                       help=f"comma-separated, from {', '.join(bench_names())} (anomalib rows are added when installed)")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--data-root", help="default: the synthetic mini benchmark")

@@ -9,24 +9,10 @@ from pathlib import Path
 import torch
 
 from .backbones import Backbone
-from .data.datasets import AnomalyDataset
-from .detector import AnomalyDetector, Predictions
+from .data import AnomalyDataset
 from .features import CacheKey, FeatureCache, embed_split
+from .methods import AnomalyDetector, Predictions
 from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
-from .model import ProtoAD
-
-METHODS = ("protoad", "patchcore", "padim")
-
-
-def make_detector(method: str, backbone: Backbone, **options) -> AnomalyDetector:
-    """A fresh detector by method name; `options` go to its constructor."""
-    from .baselines import PaDiM, PatchCore
-    from .model import ProtoAD
-
-    classes = {"protoad": ProtoAD, "patchcore": PatchCore, "padim": PaDiM}
-    if method not in classes:
-        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    return classes[method](backbone, **options)
 
 
 @dataclass
@@ -107,14 +93,9 @@ def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embedding
     embeddings can be replaced (e.g. a layer subset for ProtoAD, whose features are the embedding).
     """
     train = data.train_embeddings if train_embeddings is None else train_embeddings
-    if hasattr(detector, "progress"):
-        detector.progress = False
+    detector.progress = False
     start = time.perf_counter()
-    features = detector.features_from_embedding(train)
-    if isinstance(detector, ProtoAD):
-        detector.fit_features(features, progress=False)
-    else:
-        detector.fit_features(features)
+    detector.fit_features(detector.features_from_embedding(train))
     fit_s = time.perf_counter() - start
     scored = score(detector, data, test_embeddings, full_metrics)
     scored.fit_s = fit_s

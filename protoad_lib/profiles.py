@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .clustering import DEFAULT_MAX_VECTORS
-from .data.datasets import BTAD_CATEGORIES, MVTEC_CATEGORIES
+from .methods.protoad.prototypes import DEFAULT_MAX_VECTORS
+from .data import BTAD_CATEGORIES, MVTEC_CATEGORIES
 from .data.synthetic import SYNTHETIC_CATEGORIES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +38,6 @@ class Profile:
     seed: int = 0
     max_vectors: int = DEFAULT_MAX_VECTORS
     data_dir: Path = field(default=REPO_ROOT / "data")
-
-    @property
-    def results_dir(self) -> Path:
-        return REPO_ROOT / "results" / self.name
 
     @property
     def cache_dir(self) -> Path:

@@ -1,8 +1,9 @@
 """Papermill runner for the notebook series: `python -m protoad_lib.run --profile demo|paper`.
 
-Runs ``notebooks/0*.ipynb`` in order with papermill (parameter ``profile=<name>`` injected, cwd =
-the notebooks folder) and saves each executed copy to ``results/<profile>/executed/<name>.ipynb``
-(written to a temporary file, then renamed). One progress line per notebook, the total time at the
+Runs ``notebooks/0*.ipynb`` in order with papermill (parameters ``profile=<name>`` and
+``results_dir=<results>/<profile>`` injected, cwd = the notebooks folder), so every CSV and figure
+of the run and each executed copy (``<results>/<profile>/executed/<name>.ipynb``, written to a
+temporary file, then renamed) land in one folder. One progress line per notebook, the total time at the
 end, and a non-zero exit naming the failing notebook and cell.
 
 ``--update-notebooks`` (demo profile only, used by ``make notebooks``) copies each successfully
@@ -177,7 +178,7 @@ def run_notebook(
     name = notebook.stem
     executed_dir = Path(results_dir) / profile / "executed"
     final = executed_dir / f"{name}.ipynb"
-    params = {"profile": profile, **(parameters or {})}
+    params = {"profile": profile, "results_dir": str(Path(results_dir).resolve() / profile), **(parameters or {})}
     start = time.perf_counter()
     failure: PapermillExecutionError | None = None
     with atomic_output(final, suffix=".tmp.ipynb") as temporary:
@@ -298,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
                         help="folder with the notebooks (default: the repository's notebooks/)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help="results root; executed copies go to <results-dir>/<profile>/executed "
-                             "(default: the repository's results/)")
+                        help="results root: every table and figure goes to <results-dir>/<profile>/, executed "
+                             "copies to <results-dir>/<profile>/executed (default: the repository's results/)")
     return parser
 
 

@@ -1,35 +1,29 @@
 """ProtoAD ablations on a tiny synthetic category (real backbone pass, real FINCH, real metrics)."""
 
-import os
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
-from protoad_lib import ablations
-from protoad_lib.ablations import METRIC_COLUMNS
-from protoad_lib.backbones import load_backbone
-from protoad_lib.data import generate_mini_benchmark
+from protoad_lib.experiments import ablations
+from protoad_lib.experiments.ablations import METRIC_COLUMNS
 from protoad_lib.evaluation import load_category
-from protoad_lib.model import ProtoADConfig
+from protoad_lib.methods.protoad import ProtoADConfig
 from protoad_lib.profiles import get_profile
-from protoad_lib.report import evaluation_views
+from protoad_lib.report import ablation_views
+from protoad_lib.report import published as published_tables
 
 SIZE, RESIZE = 64, 73
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ablation_data")
-    generate_mini_benchmark(root, n_train=4, n_test_good=2, n_test_per_defect=1, size=96, categories=["weave"])
-    return root
+def root(tiny_benchmark):
+    return tiny_benchmark
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return load_backbone("efficientnet_lite0", weights="random")
+def backbone(random_lite0):
+    return random_lite0
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +146,7 @@ def test_ablation_plan_follows_the_profile_budget():
 def test_ablation_table_adds_means(backbone, data, config, fits):
     table = ablations.sigma_ablation(backbone, [data], (0, 4), config, fits)
     two = pd.concat([table, table.assign(category="copy")], ignore_index=True)
-    shown = evaluation_views.ablation_table(two)
+    shown = ablation_views.ablation_table(two)
     assert list(shown["category"]) == ["weave", "copy", "mean", "weave", "copy", "mean"]
     assert shown.loc[2, "aupro"] == round(table.loc[0, "aupro"], 4)
 
@@ -161,24 +155,24 @@ def test_ablation_table_adds_means(backbone, data, config, fits):
 
 
 def test_published_tables_cite_every_number():
-    published = evaluation_views.load_published()
+    published = published_tables.load_published()
     assert published["source"].str.strip().str.len().gt(20).all()
     assert set(published["metric"]) <= {"image_auroc", "pixel_auroc", "aupro"}
     assert published["value"].between(0, 100).all()
     assert not published["method"].str.contains("ProtoAD", case=False).any()
-    readme = evaluation_views.PUBLISHED_DIR / "README.md"
+    readme = published_tables.PUBLISHED_DIR / "README.md"
     for name in published["file"].unique():
         assert name in readme.read_text(), f"{name} is not listed in {readme.name}"
 
 
 def test_comparison_table_difference_in_points():
-    published = evaluation_views.load_published()
+    published = published_tables.load_published()
     ours = pd.DataFrame([{"dataset": "mvtec", "category": "bottle", "method": "patchcore", "image_auroc": 0.99,
                           "pixel_auroc": 0.98, "aupro": 0.95, "image_f1": 1.0, "pixel_f1": 0.7, "k": 10}])
-    table = evaluation_views.comparison_table(ours, published)
+    table = published_tables.comparison_table(ours, published)
     bottle = table[(table["metric"] == "image AUROC")]
     assert len(bottle) == 1  # patchcore-inspection results.csv: 100.00
     assert bottle["difference (pp)"].iloc[0] == pytest.approx(99.0 - 100.0)
     assert (table["category"] == "bottle").all()  # no mean row: the run is not complete
     synthetic = ours.assign(dataset="synthetic_mini")
-    assert evaluation_views.comparison_table(synthetic, published, complete=["synthetic_mini"]).empty
+    assert published_tables.comparison_table(synthetic, published, complete=["synthetic_mini"]).empty

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from protoad_lib.backbones import load_backbone
-from protoad_lib.baselines import (
-    GreedyCoresetSampler, PaDiM, PatchCore, default_n_features, patchcore_embedding, random_channel_subset,
-)
+from protoad_lib.methods import GreedyCoresetSampler, PaDiM, PatchCore
+from protoad_lib.methods.padim import default_n_features, random_channel_subset
+from protoad_lib.methods.patchcore import patchcore_embedding
 from protoad_lib.features import combine_layers
 
 

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from protoad_lib import bench
-from protoad_lib.data import generate_mini_benchmark
+from protoad_lib.experiments import bench, measure, scaling
 
 ROW_KEYS = {"method", "batch_size", "images_per_s", "p50_ms", "p95_ms", "min_ms", "head_ms", "peak_mem_mb", "fit_s",
             "k", "state_mb", "infer_peak_mb", "fit_peak_mem_mb"}
@@ -20,10 +19,8 @@ def positive_finite(value) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench_data")
-    generate_mini_benchmark(root, n_train=4, n_test_good=1, n_test_per_defect=0, size=72, categories=["weave"])
-    return root
+def tiny_root(tiny_benchmark):
+    return tiny_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +38,16 @@ def result(tiny_root):
 
 def test_time_callable_runs_warmup_then_repeats():
     calls = []
-    times = bench.time_callable(lambda: calls.append(1), warmup=3, repeats=5)
+    times = measure.time_callable(lambda: calls.append(1), warmup=3, repeats=5)
     assert len(calls) == 8
     assert len(times) == 5 and all(t >= 0 for t in times)
     with pytest.raises(ValueError):
-        bench.time_callable(lambda: None, repeats=0)
+        measure.time_callable(lambda: None, repeats=0)
 
 
 def test_time_interleaved_runs_each_callable_warmup_plus_repeats_round_robin():
     order = []
-    times = bench.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+    times = measure.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                                    warmup=1, repeats=3)
     assert order == ["a", "b"] + ["a", "b"] * 3
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
@@ -58,14 +55,14 @@ def test_time_interleaved_runs_each_callable_warmup_plus_repeats_round_robin():
 
 def test_percentiles():
     times = [0.1, 0.2, 0.3, 0.4, 0.5]
-    assert bench.p50(times) == pytest.approx(0.3)
-    assert bench.p95(times) == pytest.approx(0.48)
+    assert measure.p50(times) == pytest.approx(0.3)
+    assert measure.p95(times) == pytest.approx(0.48)
 
 
 PEAK_PROBE = """
 import torch
-from protoad_lib import bench
-with bench.PeakMemory("cpu") as memory:
+from protoad_lib.experiments import measure
+with measure.PeakMemory("cpu") as memory:
     block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
     block += 1
 print(memory.peak_mb, memory.reset)
@@ -125,18 +122,18 @@ def test_save_json_round_trip(result, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temporary left behind
     bench.save_json({"a": 1}, path)  # overwrite in place
     assert json.loads(path.read_text()) == {"a": 1}
-    assert "protoad/backbone" in bench.speed_ratios(result)[1]
+    assert "backbone" in bench.speed_ratios(result)[1]
     assert "protoad" in bench.format_table(result)
 
 
 def test_head_cost_vs_k_rows():
-    rows = bench.head_cost_vs_k(channels=(4, 6, 8), ks=(3, 30), grid=(8, 8), repeats=2, warmup=1, progress=False)
+    rows = scaling.head_cost_vs_k(channels=(4, 6, 8), ks=(3, 30), grid=(8, 8), repeats=2, warmup=1, progress=False)
     assert [r["k"] for r in rows] == [3, 30]
     assert all(positive_finite(r["ms_per_image"]) and positive_finite(r["p50_ms"]) for r in rows)
 
 
 def test_memory_bank_cost_rows():
-    rows = bench.memory_bank_cost(bank_sizes=(10, 1e2), dim=16, grid=(4, 4), repeats=2, warmup=1, progress=False)
+    rows = scaling.memory_bank_cost(bank_sizes=(10, 1e2), dim=16, grid=(4, 4), repeats=2, warmup=1, progress=False)
     assert [r["bank_size"] for r in rows] == [10, 100]
     assert all(positive_finite(r["ms_per_image"]) and positive_finite(r["bank_mb"]) for r in rows)
 

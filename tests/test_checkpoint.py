@@ -8,7 +8,7 @@ from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import (
     CheckpointError, export_onnx, export_torchscript, load_detector, read_checkpoint, save_detector,
 )
-from protoad_lib.model import ProtoAD, ProtoADConfig
+from protoad_lib.methods.protoad import ProtoAD, ProtoADConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_checkpoint_round_trip_reproduces_outputs(fitted, tmp_path):
     model, images = fitted
     path = save_detector(model, tmp_path / "model.safetensors", image_size=64)
     metadata, tensors = read_checkpoint(path)
-    assert metadata["backbone"] == "efficientnet_lite0" and metadata["sigma"] == 4.0
+    assert metadata["backbone"] == "efficientnet_lite0" and metadata["config"]["sigma"] == 4.0
     assert metadata["config"]["level"] == model.prototype_set.level
     assert tensors["prototypes"].shape == (model.k, 176)
     loaded, _ = load_detector(path)

@@ -7,14 +7,11 @@ import pytest
 from PIL import Image
 
 from protoad_lib.cli import main
-from protoad_lib.data.synthetic import generate_mini_benchmark
 
 
 @pytest.fixture(scope="module")
-def benchmark(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return generate_mini_benchmark(root, seed=0, n_train=6, n_test_good=2, n_test_per_defect=1, size=128,
-                                   categories=["weave"])
+def benchmark(tiny_benchmark):
+    return tiny_benchmark
 
 
 def test_fit_then_predict_writes_checkpoint_heatmaps_and_scores(benchmark, tmp_path, capsys):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from finch.finch import FINCH
 
-from protoad_lib.clustering import (
+from protoad_lib.methods.protoad.prototypes import (
     build_prototypes, cluster_prototypes, finch_hierarchy, first_neighbours, l2_normalise, subsample_indices,
 )
 
@@ -92,7 +92,7 @@ def test_hnsw_first_neighbours_agree_with_exact_search_on_clustered_data():
 
 @pytest.mark.parametrize("subsampling", ["stratified", "random", "none"])
 def test_training_vectors_gather_the_same_rows_as_the_full_flattening(subsampling):
-    from protoad_lib.clustering import patch_vectors, training_vectors
+    from protoad_lib.methods.protoad.prototypes import patch_vectors, training_vectors
 
     features = torch.randn(5, 6, 4, 3, generator=torch.Generator().manual_seed(8))
     chosen = subsample_indices(60, 5, 25, subsampling, seed=3)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
-from protoad_lib.data.datasets import (
+from protoad_lib.data import (
     BTAD_CATEGORIES,
     MVTEC_CATEGORIES,
     AnomalyDataset,

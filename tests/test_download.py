@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from protoad_lib.data import archives
 from protoad_lib.data import download as dl
+from protoad_lib.data import errors
 
 LAYOUT_FILES = {
     "bottle/train/good/000.png": b"\x89PNG train good 0",
@@ -225,10 +227,10 @@ def test_extract_creates_folder_with_expected_counts(
     archive.write_bytes(build(LAYOUT_FILES))
     out_dir = tmp_path / "data" / "mvtec"
 
-    assert dl.extract_archive(archive, out_dir) == out_dir
+    assert archives.extract_archive(archive, out_dir) == out_dir
 
-    assert dl.count_layout(out_dir, "mvtec") == EXPECTED_COUNTS
-    dl.check_layout(out_dir, ["bottle"], "mvtec")
+    assert archives.count_layout(out_dir, "mvtec") == EXPECTED_COUNTS
+    archives.check_layout(out_dir, ["bottle"], "mvtec")
     assert (out_dir / "bottle/test/broken/000.png").read_bytes() == b"\x89PNG test broken 0"
     assert [p.name for p in out_dir.parent.iterdir()] == ["mvtec"]
 
@@ -240,8 +242,8 @@ def test_corrupt_archive_raises_and_leaves_no_output(tmp_path: Path, name: str) 
     archive.write_bytes(full[: len(full) // 2])
     out_dir = tmp_path / "data" / "mvtec"
 
-    with pytest.raises(dl.CorruptArchiveError) as excinfo:
-        dl.extract_archive(archive, out_dir)
+    with pytest.raises(errors.CorruptArchiveError) as excinfo:
+        archives.extract_archive(archive, out_dir)
 
     assert str(archive) in str(excinfo.value) and "delete it" in str(excinfo.value)
     assert not out_dir.exists()
@@ -255,8 +257,8 @@ def test_path_traversal_is_rejected(tmp_path: Path, member: str, build: Builder)
     archive.write_bytes(build({"bottle/train/good/000.png": b"ok", member: b"evil"}))
     out_dir = tmp_path / "data" / "mvtec"
 
-    with pytest.raises(dl.UnsafeArchiveError, match="evil.txt"):
-        dl.extract_archive(archive, out_dir)
+    with pytest.raises(errors.UnsafeArchiveError, match="evil.txt"):
+        archives.extract_archive(archive, out_dir)
 
     assert not out_dir.exists()
     assert not (tmp_path / "data" / "evil.txt").exists()
@@ -266,10 +268,10 @@ def test_path_traversal_is_rejected(tmp_path: Path, member: str, build: Builder)
 def test_check_layout_names_missing_folder(tmp_path: Path) -> None:
     (tmp_path / "bottle" / "train" / "good").mkdir(parents=True)
 
-    with pytest.raises(dl.LayoutError, match=str(tmp_path / "bottle" / "test")):
-        dl.check_layout(tmp_path, ["bottle"], "mvtec")
-    with pytest.raises(dl.LayoutError, match=str(tmp_path / "01" / "train" / "ok")):
-        dl.check_layout(tmp_path, ["01"], "btad")
+    with pytest.raises(errors.LayoutError, match=str(tmp_path / "bottle" / "test")):
+        archives.check_layout(tmp_path, ["bottle"], "mvtec")
+    with pytest.raises(errors.LayoutError, match=str(tmp_path / "01" / "train" / "ok")):
+        archives.check_layout(tmp_path, ["01"], "btad")
 
 
 def test_resolve_prefers_explicit_root_then_env_var(
@@ -294,22 +296,175 @@ def test_resolve_uses_prepared_data_dir_without_download(tmp_path: Path) -> None
     assert root == tmp_path / "btad" / "BTech_Dataset_transformed"
 
 
-def test_resolve_downloads_and_extracts(
+BTAD_ZIP = make_zip({f"BTech_Dataset_transformed/{k}": v for k, v in LAYOUT_FILES.items()})
+
+
+def serve_btad(
+    server: FileServer, monkeypatch: pytest.MonkeyPatch, sha256: str | None
+) -> dl.ArchiveSpec:
+    """Point the btad spec at the local server (serving ``BTAD_ZIP``) with digest ``sha256``."""
+    server.files["btad.zip"] = BTAD_ZIP
+    spec = dataclasses.replace(dl.ARCHIVES["btad"], url=server.url("btad.zip"), sha256=sha256)
+    monkeypatch.setitem(dl.ARCHIVES, "btad", spec)
+    return spec
+
+
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record the path of every ``file_sha256`` call (the real hash still runs)."""
+    calls: list[Path] = []
+    real = dl.file_sha256
+
+    def counting(path: Path, *args: object, **kwargs: object) -> str:
+        calls.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dl, "file_sha256", counting)
+    return calls
+
+
+def test_archive_specs_carry_published_digests() -> None:
+    mvtec, btad = dl.ARCHIVES["mvtec"], dl.ARCHIVES["btad"]
+
+    assert mvtec.filename == "mvtec_anomaly_detection.tar.xz"
+    assert mvtec.sha256 == "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
+    assert btad.filename == "btad.zip" and btad.url.endswith("/btad.zip")
+    assert btad.sha256 == "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a"
+
+
+def test_resolve_downloads_and_extracts_archive_matching_known_digest(
     server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files = {f"BTech_Dataset_transformed/{k}": v for k, v in LAYOUT_FILES.items()}
-    server.files["btad.zip"] = make_zip(files)
-    monkeypatch.setitem(dl.ARCHIVES, "btad", dataclasses.replace(dl.ARCHIVES["btad"],
-                                                                 url=server.url("btad.zip")))
+    serve_btad(server, monkeypatch, sha256=sha(BTAD_ZIP).upper())
     data_dir = tmp_path / "data"
 
     root = dl.resolve_dataset_root("btad", None, True, data_dir)
 
     assert root == data_dir / "btad" / "BTech_Dataset_transformed"
-    assert dl.count_layout(root, "btad") == EXPECTED_COUNTS
-    assert (data_dir / "BTech_Dataset_transformed.zip").is_file()
+    assert archives.count_layout(root, "btad") == EXPECTED_COUNTS
+    assert (data_dir / "btad.zip").read_bytes() == BTAD_ZIP
     assert dl.resolve_dataset_root("btad", None, True, data_dir) == root
     assert len(server.requests) == 1
+
+
+def test_resolve_rejects_download_with_wrong_known_digest_and_keeps_nothing(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = sha(b"the official archive")
+    serve_btad(server, monkeypatch, sha256=published)
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(dl.ChecksumError) as excinfo:
+        dl.resolve_dataset_root("btad", None, True, data_dir)
+
+    message = str(excinfo.value)
+    assert str(data_dir / "btad.zip") in message
+    assert f"expected {published}, got {sha(BTAD_ZIP)}" in message
+    assert "download it again" in message
+    assert list(data_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("digest_from", ["spec", "sidecar"])
+@pytest.mark.parametrize("download", [True, False])
+def test_local_archive_with_wrong_digest_is_rejected_and_kept(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    digest_from: str, download: bool,
+) -> None:
+    published = sha(b"the official archive")
+    serve_btad(server, monkeypatch, sha256=published if digest_from == "spec" else None)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    archive = data_dir / "btad.zip"
+    archive.write_bytes(BTAD_ZIP)
+    if digest_from == "sidecar":
+        (data_dir / "btad.zip.sha256").write_text(f"{published}  btad.zip\n")
+
+    with pytest.raises(dl.ChecksumError) as excinfo:
+        dl.resolve_dataset_root("btad", None, download, data_dir)
+
+    message = str(excinfo.value)
+    assert str(archive) in message
+    assert f"expected {published}, got {sha(BTAD_ZIP)}" in message
+    assert "delete it and download it again" in message and "check your copy" in message
+    assert archive.read_bytes() == BTAD_ZIP
+    assert not (data_dir / "btad").exists()
+    assert not (data_dir / "btad.zip.verified.json").exists()
+    assert server.requests == []
+
+
+def test_local_archive_matching_known_digest_is_extracted_without_download(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve_btad(server, monkeypatch, sha256=sha(BTAD_ZIP))
+    (tmp_path / "btad.zip").write_bytes(BTAD_ZIP)
+
+    root = dl.resolve_dataset_root("btad", None, False, tmp_path)
+
+    assert root == tmp_path / "btad" / "BTech_Dataset_transformed"
+    assert archives.count_layout(root, "btad") == EXPECTED_COUNTS
+    assert server.requests == []
+
+
+def test_verified_record_skips_rehash_until_file_or_digest_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_hashes(monkeypatch)
+    archive = tmp_path / "btad.zip"
+    archive.write_bytes(BTAD_ZIP)
+
+    assert dl.verify_archive(archive, sha(BTAD_ZIP), progress=False) == archive
+    assert dl.verify_archive(archive, sha(BTAD_ZIP), progress=False) == archive
+    assert calls == [archive]
+    assert (tmp_path / "btad.zip.verified.json").is_file()
+
+    with pytest.raises(dl.ChecksumError, match="0" * 64):
+        dl.verify_archive(archive, "0" * 64, progress=False)
+    assert len(calls) == 2
+
+    stat = archive.stat()
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    dl.verify_archive(archive, sha(BTAD_ZIP), progress=False)
+    assert len(calls) == 3
+
+    archive.write_bytes(BTAD_ZIP[:-1] + b"X")
+    with pytest.raises(dl.ChecksumError, match=sha(BTAD_ZIP)):
+        dl.verify_archive(archive, sha(BTAD_ZIP), progress=False)
+    assert len(calls) == 4
+
+
+def test_completed_download_is_not_hashed_again_on_rerun(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_hashes(monkeypatch)
+    server.files["a.zip"] = BTAD_ZIP
+    dest = tmp_path / "a.zip"
+
+    dl.download_file(server.url("a.zip"), dest, sha256=sha(BTAD_ZIP), progress=False)
+    dl.download_file(server.url("a.zip"), dest, sha256=sha(BTAD_ZIP), progress=False)
+    dl.verify_archive(dest, progress=False)
+
+    assert calls == [tmp_path / "a.zip.part"]
+    assert server.requests == [None]
+
+
+def test_verifying_local_archive_shows_progress_over_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    bars: list[object] = []
+    real = dl.progress_bar
+
+    def recording(*args: object, **kwargs: object) -> object:
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(dl, "progress_bar", recording)
+    archive = tmp_path / "btad.zip"
+    archive.write_bytes(BTAD_ZIP)
+
+    dl.verify_archive(archive, sha(BTAD_ZIP))
+
+    # a disabled tqdm bar never counts, so n == total shows the bar was live
+    assert [(bar.n, bar.total) for bar in bars] == [(len(BTAD_ZIP), len(BTAD_ZIP))]
 
 
 def test_resolve_unreachable_url_raises_clear_error(
@@ -334,5 +489,6 @@ def test_resolve_without_download_explains_where_to_put_data(tmp_path: Path) -> 
 
     message = str(excinfo.value)
     assert dl.ARCHIVES["btad"].url in message
+    assert str(tmp_path / "btad.zip") in message
     assert str(tmp_path / "btad" / "BTech_Dataset_transformed") in message
     assert "BTAD_ROOT" in message

@@ -6,7 +6,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from protoad_lib.backbones import load_backbone
-from protoad_lib.model import ProtoAD, ProtoADConfig, PrototypeHead, nearest_prototype_distance
+from protoad_lib.methods.protoad import ProtoAD, ProtoADConfig, PrototypeHead, nearest_prototype_distance
 from protoad_lib.postprocess import AnomalyMapHead, GaussianBlur
 
 

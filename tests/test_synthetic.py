@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protoad_lib.data.datasets import AnomalyDataset, count_samples
+from protoad_lib.data import AnomalyDataset, count_samples
 from protoad_lib.data.synthetic import (
     SYNTHETIC_CATEGORIES,
     SYNTHETIC_DEFECTS,

@@ -4,59 +4,33 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import lzma
+import json
 import os
-import shutil
-import tarfile
-import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 from ..progress import progress_bar
+from .archives import extract_archive
+from .errors import ChecksumError, DatasetUnavailableError, DownloadError, LayoutError
 
 
-Layout = Literal["mvtec", "btad"]
 DatasetName = Literal["mvtec", "btad"]
-
-
-class DownloadError(RuntimeError):
-    """Base class for every error raised while preparing a dataset."""
-
-
-class ChecksumError(DownloadError):
-    """A downloaded file does not have the expected sha256 digest."""
-
-
-class CorruptArchiveError(DownloadError):
-    """An archive cannot be read (truncated or damaged download)."""
-
-
-class UnsafeArchiveError(DownloadError):
-    """An archive member would be written outside the output folder."""
-
-
-class LayoutError(DownloadError):
-    """A prepared dataset folder lacks a required sub-folder."""
-
-
-class DatasetUnavailableError(DownloadError):
-    """A dataset is neither on disk nor downloadable right now."""
 
 
 @dataclass(frozen=True)
 class ArchiveSpec:
     """One official dataset archive.
 
-    ``sha256`` is ``None`` where the digest is not known for sure: verification is then
-    skipped, but :func:`download_file` writes a ``<filename>.sha256`` sidecar after the
-    download so later runs verify against it. ``extract_subdir`` is the folder inside the
-    extracted archive that holds the category folders (``""`` when they sit at the top).
+    ``sha256`` is the published digest of the archive at ``url``: a download and an archive
+    found in the data folder are both checked against it. ``None`` where no digest is known:
+    :func:`download_file` then writes a ``<filename>.sha256`` sidecar after the download so
+    later runs verify against that. ``filename`` is the archive's name in the data folder (the
+    official one, so a copy downloaded by hand can be put there as is). ``extract_subdir`` is
+    the folder inside the extracted archive that holds the category folders (``""`` when they
+    sit at the top).
     """
 
     name: str
@@ -66,6 +40,8 @@ class ArchiveSpec:
     extract_subdir: str
 
 
+# Digests of the official archives as published in anomalib's data modules
+# (anomalib/data/datamodules/image/mvtecad.py and btech.py, ``DownloadInfo.hashsum``).
 ARCHIVES: dict[str, ArchiveSpec] = {
     "mvtec": ArchiveSpec(
         name="mvtec",
@@ -73,37 +49,75 @@ ARCHIVES: dict[str, ArchiveSpec] = {
             "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/"
             "download/420938113-1629952094/mvtec_anomaly_detection.tar.xz"
         ),
-        sha256=None,
+        sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
         filename="mvtec_anomaly_detection.tar.xz",
         extract_subdir="",
     ),
     "btad": ArchiveSpec(
         name="btad",
         url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
-        sha256=None,
-        filename="BTech_Dataset_transformed.zip",
+        sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
+        filename="btad.zip",
         extract_subdir="BTech_Dataset_transformed",
     ),
 }
 
 ENV_VARS: dict[str, str] = {"mvtec": "MVTEC_AD_ROOT", "btad": "BTAD_ROOT"}
 
-GOOD_DIRS: dict[str, str] = {"mvtec": "good", "btad": "ok"}
-
-SPLITS = ("train", "test", "ground_truth")
 
 
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 digest of a file, read in chunks."""
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20, progress: bool = False) -> str:
+    """Hex sha256 digest of a file, read in chunks.
+
+    Hashing a multi-GB archive takes a while, hence the optional byte progress bar.
+    """
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with path.open("rb") as handle, progress_bar(
+        total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=f"sha256 {path.name}", enabled=progress,
+    ) as bar:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
+            bar.update(len(chunk))
     return digest.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(path.suffix + ".sha256")
+
+
+def _verified_record(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".verified.json")
+
+
+def _fingerprint(path: Path, digest: str) -> dict[str, str | int]:
+    stat = path.stat()
+    return {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _is_recorded_as_verified(path: Path, expected: str) -> bool:
+    try:
+        return json.loads(_verified_record(path).read_text()) == _fingerprint(path, expected)
+    except (OSError, ValueError):
+        return False
+
+
+def _record_verified(path: Path, digest: str) -> None:
+    _verified_record(path).write_text(json.dumps(_fingerprint(path, digest)) + "\n")
+
+
+def _digest_unless_verified(path: Path, expected: str, progress: bool) -> str:
+    """``expected`` when ``<path>.verified.json`` vouches for ``path``, else its hash.
+
+    A hash equal to ``expected`` is recorded (digest, size, mtime) so the next call skips it.
+    """
+    if _is_recorded_as_verified(path, expected):
+        return expected
+    actual = file_sha256(path, progress=progress)
+    if actual == expected:
+        _record_verified(path, actual)
+    return actual
 
 
 def _expected_digest(dest: Path, sha256: str | None) -> str | None:
@@ -131,14 +145,17 @@ def download_file(
     Bytes go to ``<dest>.part`` first; an existing part file is continued with an HTTP
     ``Range`` request (restarted from zero when the server ignores it). The expected digest
     is ``sha256`` or, failing that, the one in ``<dest>.sha256`` from an earlier download.
-    When ``dest`` already exists and matches it (or no digest is known) no request is made.
+    When ``dest`` already exists and matches it (or no digest is known) no request is made;
+    a ``dest`` that does not match is downloaded again. Only a verified part file becomes
+    ``dest``: a digest mismatch deletes it and raises :class:`ChecksumError`. The verified
+    digest is recorded as in :func:`verify_archive`, so a rerun does not hash ``dest`` again.
     Network failures propagate as ``urllib.error.URLError`` / ``OSError``; a transfer cut
     short raises :class:`DownloadError` and keeps the part file for the next run.
     """
     dest = Path(dest)
     expected = _expected_digest(dest, sha256)
     if dest.is_file():
-        if expected is None or file_sha256(dest) == expected:
+        if expected is None or _digest_unless_verified(dest, expected, progress) == expected:
             return dest
         dest.unlink()
 
@@ -176,107 +193,77 @@ def download_file(
             f"{url}: connection closed after {received} of {total} bytes; "
             f"run again to resume from {part}"
         )
-    actual = file_sha256(part)
+    actual = file_sha256(part, progress=progress)
     if expected is not None and actual != expected:
         part.unlink()
-        raise ChecksumError(f"{dest}: sha256 mismatch, expected {expected}, got {actual}")
+        raise ChecksumError(
+            f"{dest}: sha256 mismatch, expected {expected}, got {actual}; the download was "
+            f"deleted: run again to download it again, and if that fails too, check that "
+            f"{url} still serves the official archive"
+        )
     part.replace(dest)
     _sidecar(dest).write_text(f"{actual}  {dest.name}\n")
+    _record_verified(dest, actual)
     return dest
 
 
-def _check_member(archive: Path, name: str) -> None:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts:
-        raise UnsafeArchiveError(
-            f"{archive}: refusing to extract member {name!r} (absolute path or '..' "
-            "would write outside the output folder)"
-        )
+def verify_archive(archive: Path, sha256: str | None = None, progress: bool = True) -> Path:
+    """Check an archive already on disk against its expected digest and return it.
 
+    An archive the user put in the data folder may be truncated, damaged or another file
+    under the official name; extracting it would fail late or, worse, yield wrong data.
+    The expected digest is ``sha256`` or, failing that, the one in ``<archive>.sha256``;
+    with neither there is nothing to check against. A mismatch raises
+    :class:`ChecksumError` and leaves the file in place (it may be the user's only copy).
 
-def _extract_into(archive: Path, target: Path) -> None:
-    if archive.name.endswith(".zip"):
-        with zipfile.ZipFile(archive) as zipped:
-            for name in zipped.namelist():
-                _check_member(archive, name)
-            zipped.extractall(target)
-    elif archive.name.endswith((".tar.xz", ".tar.gz", ".tgz", ".tar")):
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                _check_member(archive, member.name)
-                tar.extract(member, target, filter="data")
-    else:
-        raise ValueError(
-            f"{archive}: unsupported archive type (expected .tar.xz, .tar.gz, .tar or .zip)"
-        )
-
-
-def extract_archive(archive: Path, out_dir: Path) -> Path:
-    """Extract ``archive`` into ``out_dir`` atomically and return ``out_dir``.
-
-    Members are unpacked into a temporary sibling folder which is renamed to ``out_dir``
-    only once everything was extracted, so a failure never leaves a half-written
-    ``out_dir``. ``out_dir`` must not exist yet.
+    Skip rule: hashing takes a while for a multi-GB archive (a progress bar shows it), so a
+    match is recorded in ``<archive>.verified.json`` (digest, size, mtime in ns) and the
+    hash is skipped while that record names the expected digest and the file's current
+    size and mtime. A file changed in place with the same size and mtime is not noticed:
+    delete the record to force a new hash.
     """
-    archive, out_dir = Path(archive), Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} already exists; delete it to extract {archive} again")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent)
-    )
-    try:
-        try:
-            _extract_into(archive, staging)
-        except tarfile.FilterError as err:
-            raise UnsafeArchiveError(f"{archive}: unsafe member rejected: {err}") from err
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError, zlib.error) as err:
-            raise CorruptArchiveError(
-                f"{archive} is corrupt or incomplete ({err}); delete it and download it again"
-            ) from err
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    archive = Path(archive)
+    expected = _expected_digest(archive, sha256)
+    if expected is None:
+        return archive
+    actual = _digest_unless_verified(archive, expected, progress)
+    if actual != expected:
+        raise ChecksumError(
+            f"{archive}: sha256 mismatch, expected {expected}, got {actual}; the file is "
+            "incomplete, damaged or not the official archive: delete it and download it "
+            "again, or check your copy against the official one"
+        )
+    return archive
 
 
-def count_layout(root: Path, layout: Layout) -> dict[str, dict[str, int]]:
-    """Count files per ``category -> "split/subfolder"`` under ``root``.
-
-    Both layouts share the shape ``root/<category>/{train,test,ground_truth}/<subfolder>/<file>``
-    (MVTec calls normal images ``good``, BTAD ``ok``).
-    """
-    if layout not in GOOD_DIRS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(GOOD_DIRS)}")
-    counts: dict[str, dict[str, int]] = {}
-    for category in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        counts[category.name] = {
-            folder.relative_to(category).as_posix(): sum(1 for f in folder.iterdir() if f.is_file())
-            for folder in sorted(category.glob("*/*"))
-            if folder.is_dir() and folder.parent.name in SPLITS
-        }
-    return counts
-
-
-def check_layout(root: Path, categories: Iterable[str], layout: Layout) -> None:
-    """Raise :class:`LayoutError` naming the first missing ``train/<good>`` or ``test`` folder."""
-    good = GOOD_DIRS[layout]
-    for category in categories:
-        for required in (Path(root) / category / "train" / good, Path(root) / category / "test"):
-            if not required.is_dir():
-                raise LayoutError(
-                    f"{layout} category {category!r}: missing folder {required} "
-                    f"(expected <root>/<category>/train/{good} and <root>/<category>/test)"
-                )
-
-
-def _unavailable(spec: ArchiveSpec, folder: Path, reason: str) -> DatasetUnavailableError:
+def _unavailable(spec: ArchiveSpec, data_dir: Path, reason: str) -> DatasetUnavailableError:
     return DatasetUnavailableError(
         f"{spec.name} dataset is not available: {reason}\n"
         f"  Download it manually from {spec.url}\n"
-        f"  and extract it so that the category folders are inside {folder}\n"
+        f"  and save it as {data_dir / spec.filename} (verified and extracted on the next run)\n"
+        f"  or extract it so that the category folders are inside "
+        f"{data_dir / spec.name / spec.extract_subdir}\n"
         f"  or, for a copy elsewhere, set {ENV_VARS[spec.name]}=<folder> or pass --root <folder>."
     )
+
+
+def _local_or_downloaded_archive(
+    spec: ArchiveSpec, data_dir: Path, download: bool, sha256: str | None
+) -> Path:
+    """The archive in ``data_dir`` after :func:`verify_archive`, else a fresh download.
+
+    A local archive is used even when ``download`` is off: using it needs no network.
+    """
+    archive = data_dir / spec.filename
+    if archive.is_file():
+        return verify_archive(archive, sha256)
+    if not download:
+        reason = f"neither {data_dir / spec.name} nor {archive} exists and download is off"
+        raise _unavailable(spec, data_dir, reason)
+    try:
+        return download_file(spec.url, archive, sha256)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise _unavailable(spec, data_dir, f"downloading {spec.url} failed ({err})") from err
 
 
 def resolve_dataset_root(
@@ -290,8 +277,10 @@ def resolve_dataset_root(
     """Return the folder holding the category folders of dataset ``name``.
 
     Order: explicit ``root``, then ``$MVTEC_AD_ROOT`` / ``$BTAD_ROOT``, then
-    ``data_dir/<name>`` if already extracted, else download and extract it when
-    ``download`` is true. ``sha256`` overrides the registry's expected digest.
+    ``data_dir/<name>`` if already extracted, else the archive ``data_dir/<filename>``
+    (put there by hand or by an earlier run; verified by :func:`verify_archive`) or, when
+    ``download`` is true, a fresh download, extracted into ``data_dir/<name>``.
+    ``sha256`` overrides the registry's expected digest.
     """
     spec = ARCHIVES[name]
     env_root = os.environ.get(ENV_VARS[name])
@@ -306,13 +295,9 @@ def resolve_dataset_root(
     extracted = Path(data_dir) / name
     folder = extracted / spec.extract_subdir
     if not extracted.exists():
-        if not download:
-            raise _unavailable(spec, folder, f"{extracted} does not exist and download is off")
-        try:
-            archive = download_file(spec.url, Path(data_dir) / spec.filename, sha256 or spec.sha256)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise _unavailable(spec, folder, f"downloading {spec.url} failed ({err})") from err
-        extract_archive(archive, extracted)
+        expected = sha256 or spec.sha256
+        extract_archive(_local_or_downloaded_archive(spec, Path(data_dir), download, expected),
+                        extracted)
     if not folder.is_dir():
         raise LayoutError(f"{name}: expected the category folders in {folder}, which is missing")
     return folder

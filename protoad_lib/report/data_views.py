@@ -1,4 +1,4 @@
-"""Run setup, result writers, and the tables and figures of the data and feature notebooks (01, 02).
+"""Tables and figures of the data and feature notebooks (01, 02).
 
 Every figure has a title and axis labels; every function returns the Figure or DataFrame and leaves
 displaying to the notebook. Paths shown to readers are relative to the repository, numbers are
@@ -7,8 +7,6 @@ rounded, and nothing prints progress bars, so re-executed notebooks give identic
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,163 +16,10 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from ..atomic import atomic_output
 from ..backbones import Backbone
-from ..data.datasets import AnomalyDataset
-from ..features import CacheKey, FeatureCache
-from ..profiles import REPO_ROOT, DatasetSpec, Profile, dataset_root, get_profile
-
-__all__ = [
-    "RunSetup",
-    "setup_run",
-    "seed_everything",
-    "relative",
-    "save_figure",
-    "save_table",
-    "count_table",
-    "count_summary",
-    "sample_grid",
-    "backbone_table",
-    "embedding_shapes",
-    "feature_key",
-    "load_or_extract",
-    "cache_table",
-    "first_defective",
-    "layer_maps_figure",
-    "pca_rgb",
-]
-
-
-# --------------------------------------------------------------------------- run setup
-
-
-@dataclass
-class RunSetup:
-    """What a notebook runs on: the profile, its selected categories, backbone, device, data roots."""
-
-    profile: Profile
-    categories: tuple[tuple[DatasetSpec, str], ...]
-    backbone: str
-    device: str
-    given_roots: dict[str, Path] = field(default_factory=dict)
-    _roots: dict[str, Path] = field(default_factory=dict, repr=False)
-
-    @property
-    def results_dir(self) -> Path:
-        return self.profile.results_dir
-
-    @property
-    def seed(self) -> int:
-        return self.profile.seed
-
-    @property
-    def category_names(self) -> list[str]:
-        return [category for _, category in self.categories]
-
-    def root(self, spec: DatasetSpec, download: bool = True) -> Path:
-        """The folder holding ``spec``'s category folders (generated / found / downloaded once)."""
-        if spec.name not in self._roots:
-            given = self.given_roots.get(spec.name)
-            self._roots[spec.name] = Path(dataset_root(self.profile, spec, root=given, download=download))
-        return self._roots[spec.name]
-
-    def dataset(self, spec: DatasetSpec, category: str, split: str) -> AnomalyDataset:
-        """The profile's geometry (resize, crop) applied to one category split."""
-        return AnomalyDataset(self.root(spec), category, split, layout=spec.layout,
-                              resize=self.profile.resize, crop=self.profile.image_size)
-
-    def describe(self) -> str:
-        """A deterministic summary (no absolute paths)."""
-        lines = [
-            f"profile    : {self.profile.name}",
-            f"datasets   : {', '.join(dict.fromkeys(s.name for s, _ in self.categories))}",
-            f"categories : {', '.join(self.category_names)}",
-            f"backbone   : {self.backbone}",
-            f"device     : {self.device}",
-            f"image size : resize {self.profile.resize} -> center crop {self.profile.image_size}",
-            f"seed       : {self.seed}",
-            f"data dir   : {relative(self.profile.data_dir)}",
-            f"results    : {relative(self.results_dir)}",
-        ]
-        return "\n".join(lines)
-
-
-def setup_run(profile: str = "demo", categories: str | Sequence[str] | None = None,
-              backbone: str | None = None, device: str = "cpu",
-              data_root: str | Path | None = None) -> RunSetup:
-    """Resolve a notebook's parameters cell into a :class:`RunSetup`.
-
-    ``categories``: ``None`` (all of the profile), a list, or a comma-separated string.
-    ``backbone``: ``None`` for the profile's. ``data_root``: ``None`` for ``<repo>/data``; otherwise
-    either a data folder (downloads/caches go there, datasets in ``<data_root>/<name>``) or a local
-    copy of a dataset holding its category folders directly. ``$MVTEC_AD_ROOT`` / ``$BTAD_ROOT``
-    point at local copies too.
-    """
-    prof = get_profile(profile)
-    known = {c: s for s in prof.datasets for c in s.categories}
-    if categories is None:
-        wanted = list(known)
-    else:
-        items = categories.split(",") if isinstance(categories, str) else list(categories)
-        wanted = [str(c).strip() for c in items if str(c).strip()]
-    unknown = [c for c in wanted if c not in known]
-    if unknown or not wanted:
-        raise ValueError(f"unknown categories {unknown} for profile {prof.name!r}; "
-                         f"choose from {list(known)} (or None for all)")
-    selected = tuple((known[c], c) for c in dict.fromkeys(wanted))
-    given_roots: dict[str, Path] = {}
-    if data_root is not None:
-        root = Path(data_root).expanduser().resolve()
-        if not root.is_dir():
-            raise FileNotFoundError(f"data_root {root} is not a folder; pass None or an existing folder")
-        for spec in prof.datasets:
-            mine = [c for s, c in selected if s == spec]
-            if spec.name != "synthetic_mini" and mine and all((root / c).is_dir() for c in mine):
-                given_roots[spec.name] = root  # a local copy: category folders directly in data_root
-        if not given_roots:  # a data folder: downloads, generated data and the feature cache go there
-            prof = replace(prof, data_dir=root)
-    return RunSetup(prof, selected, backbone or prof.backbone, str(device), given_roots)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (the notebooks also pass explicit seeds everywhere)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def relative(path: str | Path) -> str:
-    """``path`` relative to the repository root when inside it (paths printed in notebooks)."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
-
-
-# --------------------------------------------------------------------------- writers
-
-
-def _atomic(path: Path, write) -> Path:
-    with atomic_output(path) as temporary:
-        write(temporary)
-    return Path(path)
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG (no timestamp / version metadata) atomically; returns the path.
-
-    The figure stays open so the notebook still displays it.
-    """
-    path = Path(path)
-    return _atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi,
-                                                 bbox_inches="tight", metadata={"Software": None}))
-
-
-def save_table(df: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
-    """Write ``df`` as CSV atomically; returns the path."""
-    return _atomic(Path(path), lambda tmp: df.to_csv(tmp, index=index))
-
+from ..data import AnomalyDataset
+from ..features import combine_layers
+from ..session import RunSetup
 
 # --------------------------------------------------------------------------- 01: data
 
@@ -298,8 +143,6 @@ def backbone_table(backbone: Backbone, image_size: int) -> pd.DataFrame:
 @torch.inference_mode()
 def embedding_shapes(backbone: Backbone, images01: torch.Tensor) -> pd.DataFrame:
     """Tensor shapes from a batch of images to the patch vectors ProtoAD compares with prototypes."""
-    from ..features import combine_layers
-
     images01 = images01.to(backbone.mean.device)
     maps = backbone(images01)
     combined = combine_layers(maps)
@@ -309,21 +152,6 @@ def embedding_shapes(backbone: Backbone, images01: torch.Tensor) -> pd.DataFrame
     rows.append({"tensor": "embedding = combine_layers(maps)", "shape": list(combined.shape)})
     rows.append({"tensor": "patch vectors [B*h*w, C]", "shape": [b * h * w, c]})
     return pd.DataFrame({"tensor": [r["tensor"] for r in rows], "shape": [str(r["shape"]) for r in rows]})
-
-
-def feature_key(run: RunSetup, backbone: Backbone, spec: DatasetSpec, category: str, split: str,
-                n_images: int) -> CacheKey:
-    """The cache key of one category split (same convention as ``protoad_lib.evaluation``)."""
-    return CacheKey.of(spec.name, category, split, backbone, run.profile.image_size, n_images)
-
-
-def load_or_extract(run: RunSetup, backbone: Backbone, cache: FeatureCache, spec: DatasetSpec,
-                    category: str, split: str) -> tuple[torch.Tensor, Path]:
-    """Stride-4 embeddings ``[N, C, h, w]`` of a split from the cache, extracting (silently) on a miss."""
-    dataset = run.dataset(spec, category, split)
-    key = feature_key(run, backbone, spec, category, split, len(dataset))
-    features = cache.get_or_extract(key, backbone, dataset, run.profile.batch_size, run.device, progress=False)
-    return features, cache.path(key)
 
 
 def cache_table(entries: Sequence[tuple[str, str, torch.Tensor, Path]]) -> pd.DataFrame:

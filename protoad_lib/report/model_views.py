@@ -1,5 +1,5 @@
 """Tables and figures of the clustering and network notebooks (03, 04): FINCH levels, prototype usage,
-projections, clustering-method comparison, network-vs-brute-force checks, anomaly maps, exports.
+projections, anomaly maps.
 
 Every figure has a title and axis labels; functions return Figures / DataFrames / plain numbers and
 leave printing to the notebook. Timings are returned separately from the deterministic numbers so a
@@ -8,9 +8,6 @@ notebook can show them in a cell that nbval does not compare.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -20,75 +17,12 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from ..backbones import Backbone
-from ..baselines.coreset import GreedyCoresetSampler
-from ..bench import PeakMemory
-from .. import clustering
-from ..clustering import (
-    DEFAULT_MAX_PROTOTYPES,
-    FinchHierarchy,
-    cluster_prototypes,
-    finch_hierarchy,
-    kmeans_prototypes,
-    l2_normalise,
-)
-from ..metrics import image_auroc, pixel_auroc
-from ..model import ProtoAD, nearest_prototype_distance
+from ..experiments.prototype_study import TimedHierarchy
+from ..methods.protoad.prototypes import DEFAULT_MAX_PROTOTYPES, FinchHierarchy, cluster_prototypes
 from .overlays import overlay
-
-__all__ = [
-    "training_vectors",
-    "TimedHierarchy",
-    "timed_finch",
-    "hierarchy_table",
-    "plot_hierarchy",
-    "usage_table",
-    "plot_usage",
-    "coarse_level",
-    "projection_figure",
-    "MethodComparison",
-    "compare_methods",
-    "equivalence_table",
-    "pick_examples",
-    "anomaly_map_figure",
-    "max_abs_diff",
-    "end_to_end_diff",
-    "onnx_max_diff",
-]
-
-#: Patch vectors clustered per category in the demo profile (a stratified subsample of the
-#: 16 x 56 x 56 = 50,176 training patches) so FINCH runs in seconds on 2 CPU cores.
-def training_vectors(features: torch.Tensor, max_vectors: int, seed: int = 0) -> np.ndarray:
-    """The unit patch vectors ``build_prototypes`` clusters: stratified subsample of ``[N, C, h, w]``."""
-    return clustering.training_vectors(features, max_vectors, "stratified", seed)
 
 
 # --------------------------------------------------------------------------- FINCH hierarchy
-
-
-@dataclass
-class TimedHierarchy:
-    """A FINCH hierarchy with its cost: wall time and peak extra resident memory."""
-
-    hierarchy: FinchHierarchy
-    seconds: float
-    peak_mb: float
-    n_vectors: int
-    dim: int
-
-    @property
-    def level(self) -> int:
-        """The level ProtoAD uses by default (finest with at most DEFAULT_MAX_PROTOTYPES clusters)."""
-        return self.hierarchy.default_level(DEFAULT_MAX_PROTOTYPES)
-
-
-def timed_finch(vectors: np.ndarray) -> TimedHierarchy:
-    """Run FINCH (no progress bar) and measure its time and peak memory."""
-    with PeakMemory("cpu") as memory:
-        start = time.perf_counter()
-        hierarchy = finch_hierarchy(vectors, progress=False)
-        seconds = time.perf_counter() - start
-    return TimedHierarchy(hierarchy, seconds, memory.peak_mb, int(vectors.shape[0]), int(vectors.shape[1]))
 
 
 def hierarchy_table(runs: dict[str, TimedHierarchy]) -> pd.DataFrame:
@@ -217,104 +151,7 @@ def projection_figure(panels: Sequence[tuple[str, np.ndarray, FinchHierarchy, in
     return fig
 
 
-# --------------------------------------------------------------------------- method comparison
-
-
-@dataclass
-class MethodComparison:
-    """FINCH vs k-means vs coreset at equal K: quality numbers and (separately) timings."""
-
-    quality: pd.DataFrame
-    timing: pd.DataFrame
-
-
-def _coreset_prototypes(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
-    sampler = GreedyCoresetSampler(seed=seed, progress=False)
-    picked = sampler.select(torch.from_numpy(vectors), n_samples=k)
-    return l2_normalise(vectors[picked.numpy()])
-
-
-def compare_methods(
-    backbone: Backbone,
-    categories: Sequence[tuple[str, np.ndarray, TimedHierarchy, torch.Tensor, torch.Tensor, torch.Tensor]],
-    image_size: int,
-    seed: int = 0,
-) -> MethodComparison:
-    """Prototypes from the same training vectors by FINCH (its ProtoAD level), spherical k-means and
-    greedy coreset, all with FINCH's K; scored on the held-out test set.
-
-    ``categories``: ``(name, training vectors, FINCH run, test embeddings, test labels, test masks)``.
-    Quality: mean nearest-prototype distance ``1 - max cos`` of the held-out *normal* test patches
-    (lower = prototypes cover normal appearance better), image and pixel AUROC of the resulting
-    ProtoAD network (rounded to 4 decimals).
-    """
-    quality, timing = [], []
-    for name, vectors, finch, test_embeddings, labels, masks in categories:
-        k = finch.hierarchy.num_clusters[finch.level]
-        builders = {
-            "FINCH": (lambda: cluster_prototypes(vectors, finch.hierarchy.level_labels(finch.level)), finch.seconds),
-            "k-means": (lambda: kmeans_prototypes(vectors, k, seed=seed)[0], None),
-            "coreset": (lambda: _coreset_prototypes(vectors, k, seed), None),
-        }
-        good = labels == 0
-        for method, (build, known_seconds) in builders.items():
-            start = time.perf_counter()
-            prototypes = torch.from_numpy(build())
-            seconds = known_seconds if known_seconds is not None else time.perf_counter() - start
-            held_out = nearest_prototype_distance(test_embeddings[good], prototypes)
-            detector = ProtoAD(backbone, prototypes=prototypes).eval()
-            predictions = detector.predict_embeddings(test_embeddings, (image_size, image_size))
-            quality.append({
-                "category": name, "method": method, "K": int(prototypes.shape[0]),
-                "held-out normal distance": round(float(held_out.double().mean()), 4),
-                "image AUROC": round(image_auroc(labels, predictions.scores), 4),
-                "pixel AUROC": round(pixel_auroc(masks, predictions.maps), 4),
-            })
-            timing.append({"category": name, "method": method, "K": int(prototypes.shape[0]),
-                           "prototype time (s)": round(seconds, 2)})
-    return MethodComparison(pd.DataFrame(quality), pd.DataFrame(timing))
-
-
 # --------------------------------------------------------------------------- 04: network checks
-
-
-def max_abs_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    """Largest absolute element-wise difference (computed in float64)."""
-    a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).double()
-    b = torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b).double()
-    return float((a - b).abs().max())
-
-
-@torch.inference_mode()
-def equivalence_table(detectors: dict[str, ProtoAD], embeddings: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Network head vs brute-force nearest-prototype search on every test patch of each category.
-
-    The head is L2 normalisation + a 1x1 convolution with K prototype kernels + max over K + ``1 - x``;
-    the reference computes ``1 - max_k cos(x, m_k)`` with explicit float64 dot products.
-    ``max |difference|`` is the exact float difference (for display, round it).
-    """
-    rows = []
-    for category, detector in detectors.items():
-        device = detector.head.conv.weight.device
-        features = detector.features_from_embedding(embeddings[category].to(device))
-        network = detector.patch_scores(features)
-        reference = nearest_prototype_distance(features, detector.head.prototypes)
-        rows.append({"category": category, "K": detector.k, "patches compared": int(network.numel()),
-                     "max |difference|": max_abs_diff(network, reference),
-                     "mean patch score": round(float(network.double().mean()), 4)})
-    return pd.DataFrame(rows)
-
-
-@torch.inference_mode()
-def end_to_end_diff(detector: ProtoAD, images01: torch.Tensor) -> float:
-    """Whole network (images -> maps, scores) vs backbone + brute-force search + the same map head."""
-    images01 = images01.to(detector.head.conv.weight.device)
-    maps, scores = detector(images01)
-    features = detector.features_from_maps(detector.backbone(images01))
-    reference = nearest_prototype_distance(features, detector.head.prototypes)
-    reference_maps = detector.map_head(reference, images01.shape[-2:])
-    return max(max_abs_diff(maps.cpu(), reference_maps.cpu()),
-               max_abs_diff(scores.cpu(), reference_maps.amax(dim=(1, 2)).cpu()))
 
 
 def pick_examples(dataset, n_defective: int = 2) -> list[int]:
@@ -363,12 +200,3 @@ def anomaly_map_figure(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, tor
     return fig
 
 
-def onnx_max_diff(path: str | Path, images01: torch.Tensor, maps: torch.Tensor, scores: torch.Tensor) -> float:
-    """Run an exported ONNX detector with onnxruntime (CPU) and compare with torch's outputs."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: keep the notebook output clean
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    onnx_maps, onnx_scores = session.run(["anomaly_map", "score"], {"images": images01.numpy()})
-    return max(max_abs_diff(onnx_maps, maps), max_abs_diff(onnx_scores, scores))

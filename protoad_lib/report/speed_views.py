@@ -1,4 +1,4 @@
-"""Tables and figures of the speed notebook (06), from `protoad_lib.bench` results.
+"""Tables and figures of the speed notebook (06), from `protoad_lib.experiments.bench` results.
 
 All numbers here are machine-dependent timings and memory readings: notebooks show them in cells that
 nbval does not compare. Every figure has a title and axis labels; functions return Figures / DataFrames.
@@ -6,7 +6,6 @@ nbval does not compare. Every figure has a title and axis labels; functions retu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -14,61 +13,25 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = [
-    "METHOD_LABELS",
-    "BenchmarkSettings",
-    "benchmark_settings",
-    "benchmark_table",
-    "environment_table",
-    "speedup_table",
-    "throughput_figure",
-    "fit_memory_figure",
-    "head_cost_table",
-    "head_cost_figure",
-    "bank_cost_table",
-    "bank_cost_figure",
-]
+from ..experiments.bench import speed_ratios
+from ..methods import REGISTRY, method_label
 
-METHOD_LABELS = {
-    "backbone": "backbone only",
-    "protoad": "ProtoAD",
-    "patchcore_10": "PatchCore-10%",
-    "patchcore_1": "PatchCore-1%",
-    "padim": "PaDiM",
-    "anomalib_patchcore": "anomalib PatchCore",
-    "anomalib_padim": "anomalib PaDiM",
+#: Rows of a benchmark that are not registered methods: the backbone alone and anomalib's models.
+OTHER_ROWS = {
+    "backbone": ("backbone only", "tab:gray"),
+    "anomalib_patchcore": ("anomalib PatchCore", "tab:brown"),
+    "anomalib_padim": ("anomalib PaDiM", "tab:olive"),
 }
-_COLOURS = {"backbone": "tab:gray", "protoad": "tab:blue", "patchcore_10": "tab:orange",
-            "patchcore_1": "tab:red", "padim": "tab:green"}
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    """How much notebook 06 measures for one profile (the demo keeps it short: few repeats)."""
-
-    batch_sizes: tuple[int, ...]
-    n_images: int
-    warmup: int
-    repeats: int
-    head_ks: tuple[int, ...]
-    bank_sizes: tuple[int, ...]
-    include_anomalib: bool
-
-
-def benchmark_settings(profile_name: str) -> BenchmarkSettings:
-    """Demo: 8 images (ProtoAD's FINCH then clusters 8 x 3,136 patches), batch 1 and 8, 3 timed runs.
-    Paper: 32 images, batch 1 / 8 / 32, 10 timed runs, the harness' default K and bank-size sweeps."""
-    if profile_name == "demo":
-        return BenchmarkSettings(batch_sizes=(1, 8), n_images=8, warmup=1, repeats=3,
-                                 head_ks=(10, 100, 1_000, 10_000), bank_sizes=(1_000, 3_000, 10_000, 30_000),
-                                 include_anomalib=False)
-    return BenchmarkSettings(batch_sizes=(1, 8, 32), n_images=32, warmup=2, repeats=10,
-                             head_ks=(10, 30, 100, 300, 1_000, 3_000, 10_000),
-                             bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True)
 
 
 def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return OTHER_ROWS[method][0] if method in OTHER_ROWS else method_label(method)
+
+
+def _colour(method: str) -> str:
+    if method in OTHER_ROWS:
+        return OTHER_ROWS[method][1]
+    return REGISTRY[method].colour if method in REGISTRY else "tab:purple"
 
 
 def _rows(result: Mapping[str, Any]) -> pd.DataFrame:
@@ -109,17 +72,11 @@ def environment_table(result: Mapping[str, Any],
 
 def speedup_table(result: Mapping[str, Any], reference: str = "protoad") -> pd.DataFrame:
     """img/s of `reference` divided by every other method's, per batch size (>1: reference is faster)."""
-    rows = _rows(result)
-    out = []
-    for batch, group in rows.groupby("batch_size", sort=True):
-        speeds = dict(zip(group["method"], group["images_per_s"]))
-        if reference not in speeds:
-            continue
-        for method, speed in speeds.items():
-            if method != reference:
-                out.append({"batch": int(batch), "vs": _label(method),
-                            f"{_label(reference)} speed-up": round(speeds[reference] / speed, 2)})
-    return pd.DataFrame(out)
+    return pd.DataFrame([
+        {"batch": batch, "vs": _label(method), f"{_label(reference)} speed-up": round(ratio, 2)}
+        for batch, ratios in sorted(speed_ratios(result, reference).items())
+        for method, ratio in ratios.items()
+    ])
 
 
 def throughput_figure(result: Mapping[str, Any]) -> Figure:
@@ -162,7 +119,7 @@ def fit_memory_figure(result: Mapping[str, Any]) -> Figure:
     rows = rows[(rows["method"] != "backbone") & (rows["batch_size"] == rows["batch_size"].min())]
     methods = list(rows["method"])
     x = np.arange(len(methods))
-    colours = [_COLOURS.get(m, "tab:purple") for m in methods]
+    colours = [_colour(m) for m in methods]
     panels = [("fit_s", "fit time (s)", "Fit (backbone pass included)"),
               ("peak_mem_mb", "peak extra memory (MB)", f"Peak memory, batch {int(rows['batch_size'].min())}")]
     if "state_mb" in rows:

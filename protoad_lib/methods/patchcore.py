@@ -7,12 +7,11 @@ exact nearest-neighbour search with faiss; patch score = distance to the nearest
 from __future__ import annotations
 
 import faiss
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone
-from ..detector import AnomalyDetector
+from .base import AnomalyDetector
 from .coreset import GreedyCoresetSampler
 
 DISTANCES = ("l2", "squared_l2")
@@ -92,8 +91,8 @@ class PatchCore(AnomalyDetector):
     feature grid before upsampling and smoothing (as the reference). Anomaly map: bilinear upsampling
     then Gaussian smoothing with `sigma` (base class).
 
-    Runtime settings outside the config: `coreset_device` (e.g. "cuda" to run the coreset
-    selection on a GPU; default: where the features are) and `progress` (coreset progress bar).
+    Runtime setting outside the config: `coreset_device` (e.g. "cuda" to run the coreset
+    selection on a GPU; default: where the features are).
     """
 
     method = "patchcore"
@@ -135,7 +134,6 @@ class PatchCore(AnomalyDetector):
         self.n_starting_points = int(n_starting_points)
         self.seed = int(seed)
         self.coreset_device: str | torch.device | None = None
-        self.progress = True
         self.memory_bank: torch.Tensor | None = None
         self._index: faiss.Index | None = None
 
@@ -200,7 +198,7 @@ class PatchCore(AnomalyDetector):
         return patch_scores.amax(dim=(1, 2))
 
     # --- persistence ----------------------------------------------------------------------------
-    def config(self) -> dict:
+    def options(self) -> dict:
         return {
             "coreset_fraction": self.coreset_fraction,
             "strides": list(self.strides),
@@ -220,7 +218,7 @@ class PatchCore(AnomalyDetector):
 
     @classmethod
     def from_state(cls, backbone: Backbone, config: dict, tensors: dict[str, torch.Tensor]) -> "PatchCore":
-        """Rebuild a fitted PatchCore; `config` may also carry `sigma` (a constructor argument)."""
+        """Rebuild a fitted PatchCore from `config()` (options and sigma) and `state_tensors()`."""
         detector = cls(backbone, **config)
         detector.set_memory_bank(tensors["memory_bank"])
         return detector

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone
-from .clustering import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, PrototypeSet, build_prototypes
-from .detector import AnomalyDetector
-from .features import combine_layers
+from ...backbones import Backbone
+from .prototypes import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, PrototypeSet, build_prototypes
+from ..base import AnomalyDetector
+from ...features import combine_layers
 
 
 def nearest_indices(coarse: int, fine: int) -> torch.Tensor:
@@ -155,12 +155,12 @@ class ProtoAD(AnomalyDetector):
     def features_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return embedding
 
-    def fit_features(self, features: torch.Tensor, progress: bool = True) -> "ProtoAD":
+    def fit_features(self, features: torch.Tensor) -> "ProtoAD":
         s = self.settings
         self.prototype_set = build_prototypes(
             features, method=s.method, k=s.k, level=s.level, max_prototypes=s.max_prototypes,
             max_vectors=s.max_vectors, subsampling=s.subsampling, knn_index=s.knn_index, seed=s.seed,
-            progress=progress,
+            progress=self.progress,
         )
         self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes)).to(features.device)
         return self
@@ -183,7 +183,7 @@ class ProtoAD(AnomalyDetector):
         top = max(1, flat.shape[1] // 100)
         return flat.topk(top, dim=1).values.mean(dim=1)
 
-    def config(self) -> dict:
+    def options(self) -> dict:
         return asdict(self.settings) | {"level": self.prototype_set.level if self.prototype_set else self.settings.level}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -191,7 +191,9 @@ class ProtoAD(AnomalyDetector):
 
     @classmethod
     def from_state(cls, backbone: Backbone, config: dict, tensors: dict[str, torch.Tensor]) -> "ProtoAD":
-        return cls(backbone, config=ProtoADConfig(**config), prototypes=tensors["prototypes"])
+        options = dict(config)
+        sigma = options.pop("sigma", 4.0)
+        return cls(backbone, sigma=sigma, config=ProtoADConfig(**options), prototypes=tensors["prototypes"])
 
 
 def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The interface shared by ProtoAD, PatchCore and PaDiM: fit on good images, predict maps and scores."""
+"""The interface every method shares: fit on good images, predict anomaly maps and image scores, persist."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .backbones import Backbone
-from .features import stack_batches
-from .postprocess import AnomalyMapHead
-from .progress import progress_bar
+from ..backbones import Backbone
+from ..features import stack_batches
+from ..postprocess import AnomalyMapHead
+from ..progress import progress_bar
 
 
 @dataclass
@@ -35,6 +35,16 @@ def split_layers(features: torch.Tensor, channels: list[int], strides: list[int]
     return maps
 
 
+def fitted_size(model: nn.Module) -> int | None:
+    """Prototypes (ProtoAD) or memory-bank rows (PatchCore, also anomalib's); None where a model has neither."""
+    if getattr(model, "method", None) == "protoad":
+        return int(model.k)
+    bank = getattr(model, "memory_bank", None)
+    if isinstance(bank, torch.Tensor) and bank.ndim == 2 and bank.numel() > 0:
+        return int(bank.shape[0])
+    return None
+
+
 def as_loader(data: Dataset | Iterable, batch_size: int) -> Iterable:
     return DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
 
@@ -44,6 +54,9 @@ class AnomalyDetector(nn.Module, ABC):
 
     Subclasses implement `features_from_maps`, `fit_features` and `patch_scores`; fitting from
     a dataset, prediction over a dataset and the end-to-end `forward` come from here.
+    Persistence: `options()` (the method's JSON-able settings) and `state_tensors()` (its fitted
+    tensors); `config()` adds `sigma`, so a checkpoint restores everything with
+    `from_state(backbone, config, tensors)`. `progress` switches the fit's own progress bars.
     """
 
     method: str = "detector"
@@ -52,6 +65,7 @@ class AnomalyDetector(nn.Module, ABC):
         super().__init__()
         self.backbone = backbone
         self.map_head = AnomalyMapHead(sigma)
+        self.progress = True
 
     @property
     def sigma(self) -> float:
@@ -60,6 +74,23 @@ class AnomalyDetector(nn.Module, ABC):
     def set_sigma(self, sigma: float) -> None:
         """Change the Gaussian smoothing of the anomaly maps (an ablation; the paper uses 4)."""
         self.map_head = AnomalyMapHead(sigma).to(self.map_head.blur.kernel.device)
+
+    @abstractmethod
+    def options(self) -> dict:
+        """The method's settings (JSON-able), everything its constructor needs besides backbone and sigma."""
+
+    @abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The fitted tensors a checkpoint stores."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, backbone: Backbone, config: dict, tensors: dict[str, torch.Tensor]) -> "AnomalyDetector":
+        """Rebuild a fitted detector from `config()` and `state_tensors()`."""
+
+    def config(self) -> dict:
+        """Every setting a checkpoint restores: the method's options and the map smoothing `sigma`."""
+        return {"sigma": self.sigma, **self.options()}
 
     @abstractmethod
     def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from .progress import progress_bar
+from ...progress import progress_bar
 
 DEFAULT_MAX_VECTORS = 60_000
 DEFAULT_MAX_PROTOTYPES = 1_000
@@ -74,7 +75,7 @@ def subsample_indices(
         return np.sort(np.concatenate(picks))
     if vectors is None:
         raise ValueError("Coreset subsampling needs the vectors themselves.")
-    from .baselines.coreset import GreedyCoresetSampler
+    from ..coreset import GreedyCoresetSampler
 
     sampler = GreedyCoresetSampler(seed=seed)
     return np.sort(sampler.select(torch.from_numpy(vectors), n_samples=max_vectors).numpy())
@@ -180,17 +181,9 @@ def kmeans_prototypes(vectors: np.ndarray, k: int, seed: int = 0, iterations: in
     return l2_normalise(kmeans.centroids), labels[:, 0]
 
 
-def assign_to_prototypes(vectors: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Index of each vector's most cosine-similar prototype."""
-    index = faiss.IndexFlatIP(prototypes.shape[1])
-    index.add(prototypes)
-    _, labels = index.search(vectors, 1)
-    return labels[:, 0]
-
-
 @dataclass
 class PrototypeSet:
-    """Prototypes [K, C] (unit rows) and how they were obtained."""
+    """Prototypes [K, C] (unit rows) and how they were obtained (`info`: subsampling, budget, seed, seconds)."""
 
     prototypes: np.ndarray
     method: str
@@ -225,6 +218,7 @@ def build_prototypes(
         raise ValueError(f"Unknown prototype method {method!r}; choose one of {PROTOTYPE_METHODS}.")
     if method != "finch" and not k:
         raise ValueError(f"Prototype method {method!r} needs k (the number of prototypes).")
+    start = time.perf_counter()
     vectors = training_vectors(features, max_vectors, subsampling, seed)
     info = {"subsampling": subsampling, "max_vectors": max_vectors, "seed": seed}
     if method == "finch":
@@ -233,15 +227,17 @@ def build_prototypes(
         if not 0 <= level < len(hierarchy.num_clusters):
             raise ValueError(f"FINCH level {level} does not exist; levels: {hierarchy.num_clusters}.")
         prototypes = cluster_prototypes(vectors, hierarchy.level_labels(level))
+        info["seconds"] = time.perf_counter() - start
         return PrototypeSet(prototypes, method, level, hierarchy, len(vectors), info)
     if method == "kmeans":
         prototypes, _ = kmeans_prototypes(vectors, k, seed)
     elif method == "coreset":
-        from .baselines.coreset import GreedyCoresetSampler
+        from ..coreset import GreedyCoresetSampler
 
         sampler = GreedyCoresetSampler(seed=seed, progress=progress)
         picked = sampler.select(torch.from_numpy(vectors), n_samples=k)
         prototypes = vectors[picked.numpy()]
     else:
         prototypes = vectors[np.random.default_rng(seed).choice(len(vectors), size=k, replace=False)]
+    info["seconds"] = time.perf_counter() - start
     return PrototypeSet(l2_normalise(prototypes), method, None, None, len(vectors), info)

@@ -4,9 +4,6 @@ Every ablation takes the categories' cached stride-4 embeddings (`evaluation.Cat
 setting of ProtoAD at a time, and returns a DataFrame with one row per (setting, category) and the
 columns of `METRIC_COLUMNS` (fractions in 0..1, exact floats: round them for display). Everything is
 deterministic: subsampling, k-means, coreset and random prototypes are seeded by `ProtoADConfig.seed`.
-
-The module also holds the small fit-and-score helpers the evaluation notebook (05) uses for all three
-methods, so both notebooks score exactly the same way.
 """
 
 from __future__ import annotations
@@ -19,35 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .backbones import Backbone
-from .clustering import cluster_prototypes, training_vectors
-from .data.datasets import AnomalyDataset
-from .detector import split_layers
-from .evaluation import CategoryData, Scored, fit_and_score, load_category, score
-from .features import CacheKey, FeatureCache, combine_layers, embed_split
-from .model import ProtoAD, ProtoADConfig
-from .profiles import get_profile
-
-__all__ = [
-    "METRIC_COLUMNS",
-    "AblationPlan",
-    "ablation_plan",
-    "load_categories",
-    "Scored",
-    "score",
-    "fit_and_score",
-    "fit_protoad",
-    "fit_baselines",
-    "layer_subset",
-    "layer_ablation",
-    "finch_level_ablation",
-    "clustering_method_ablation",
-    "subsampling_ablation",
-    "image_size_ablation",
-    "sigma_ablation",
-    "image_score_ablation",
-    "resize_for",
-]
+from ..backbones import Backbone
+from ..evaluation import CategoryData, Scored, load_category, score
+from ..features import FeatureCache, combine_layers
+from ..methods.base import split_layers
+from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
+from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
+from ..profiles import get_profile
 
 #: The metrics every ablation reports (fractions).
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro")
@@ -87,28 +62,6 @@ def ablation_plan(profile_name: str) -> AblationPlan:
                         image_size_categories=1 if profile_name == "demo" else None)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def load_categories(run, backbone: Backbone, cache: FeatureCache | None = None,
-                    categories: Sequence[str] | None = None) -> list[tuple[str, CategoryData]]:
-    """`(dataset name, CategoryData)` for the run's categories (a `report.data_views.RunSetup`),
-    embeddings from the shared feature cache (same keys as notebooks 02-04), without progress output.
-
-    `categories` restricts the run's selection (names); `None` keeps all of it.
-    """
-    loaded = []
-    for spec, category in run.categories:
-        if categories is not None and category not in categories:
-            continue
-        data = load_category(backbone, run.root(spec), category, layout=spec.layout,
-                             resize=run.profile.resize, image_size=run.profile.image_size,
-                             batch_size=run.profile.batch_size, device=run.device, cache=cache,
-                             dataset_name=spec.name, progress=False)
-        loaded.append((spec.name, data))
-    return loaded
-
-
 # --------------------------------------------------------------------------- fit and score
 
 
@@ -117,7 +70,8 @@ def fit_protoad(backbone: Backbone, data: CategoryData, config: ProtoADConfig | 
     """A ProtoAD fitted (silently) on a category's training embeddings."""
     detector = ProtoAD(backbone, sigma=sigma, config=config or ProtoADConfig())
     train = data.train_embeddings if train_embeddings is None else train_embeddings
-    detector.fit_features(train, progress=False)
+    detector.progress = False
+    detector.fit_features(train)
     return detector.eval()
 
 
@@ -234,7 +188,9 @@ def clustering_method_ablation(backbone: Backbone, categories: Sequence[Category
     """FINCH vs spherical k-means vs greedy coreset vs random patches, all with FINCH's K.
 
     K per category is the K of the reference FINCH fit (its default level); every method clusters the
-    same subsampled training vectors.
+    same subsampled training vectors. Besides the metrics, `held_out_distance` is the mean
+    nearest-prototype distance `1 - max cos` of the *normal test* patches (lower: the prototypes cover
+    normal appearance better) and `prototype_s` the time to build the prototypes (machine-dependent).
     """
     config = config or ProtoADConfig()
     fits = _baselines(backbone, categories, config, fits)
@@ -247,7 +203,11 @@ def clustering_method_ablation(backbone: Backbone, categories: Sequence[Category
             else:
                 settings = replace(reference.settings, method=method, k=reference.k, level=None)
                 detector = fit_protoad(backbone, data, settings, sigma=reference.sigma)
-            rows.append(_row("clustering", method, data, detector.k, score(detector, data)))
+            normal = data.test_embeddings[data.labels == 0]
+            held_out = nearest_prototype_distance(normal, detector.head.prototypes).double().mean()
+            rows.append(_row("clustering", method, data, detector.k, score(detector, data),
+                             held_out_distance=float(held_out),
+                             prototype_s=detector.prototype_set.info["seconds"]))
     return pd.DataFrame(rows)
 
 
@@ -304,20 +264,12 @@ def image_size_ablation(backbone: Backbone, root: str | Path, category: str, lay
     for size in sizes:
         resize = resize_for(size, base_resize, base_crop)
         name = dataset_name if (size, resize) == (base_crop, base_resize) else f"{dataset_name}@resize{resize}"
-        embeddings = []
-        datasets = []
-        for split in ("train", "test"):
-            dataset = AnomalyDataset(root, category, split, layout=layout, resize=resize, crop=size)
-            key = CacheKey.of(name, category, split, backbone, size, len(dataset))
-            embeddings.append(embed_split(backbone, dataset, key, cache, batch_size, device, progress=False))
-            datasets.append(dataset)
-        test = datasets[1]
-        masks = torch.stack([test[i]["mask"][0] for i in range(len(test))])
-        data = CategoryData(category, datasets[0], test, embeddings[0], embeddings[1], torch.tensor(test.labels),
-                            masks, 0.0)
+        data = load_category(backbone, root, category, layout=layout, resize=resize, image_size=size,
+                             batch_size=batch_size, device=device, cache=cache, dataset_name=name, progress=False)
         detector = fit_protoad(backbone, data, config)
+        grid = data.test_embeddings.shape[-2:]
         rows.append(_row("image_size", f"{size} px", data, detector.k, score(detector, data), image_size=size,
-                         resize=resize, grid=f"{embeddings[1].shape[-2]} x {embeddings[1].shape[-1]}"))
+                         resize=resize, grid=f"{grid[0]} x {grid[1]}"))
     return pd.DataFrame(rows)
 
 

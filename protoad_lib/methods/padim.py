@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Backbone
-from ..detector import AnomalyDetector
+from .base import AnomalyDetector
 from ..features import combine_layers
 
 # (backbone name, total channels) -> channels kept, the settings of the PaDiM paper / official code.
@@ -138,7 +138,7 @@ class PaDiM(AnomalyDetector):
         return distances.transpose(0, 1).reshape(batch, height, width)
 
     # --- persistence ----------------------------------------------------------------------------
-    def config(self) -> dict:
+    def options(self) -> dict:
         return {
             "n_features": self.n_features, "seed": self.seed, "epsilon": self.epsilon, "chunk_size": self.chunk_size,
         }
@@ -154,7 +154,7 @@ class PaDiM(AnomalyDetector):
 
     @classmethod
     def from_state(cls, backbone: Backbone, config: dict, tensors: dict[str, torch.Tensor]) -> "PaDiM":
-        """Rebuild a fitted PaDiM; `config` may also carry `sigma` (a constructor argument)."""
+        """Rebuild a fitted PaDiM from `config()` (options and sigma) and `state_tensors()`."""
         detector = cls(backbone, **config)
         if not torch.equal(detector.channel_index, tensors["channel_index"].long()):
             detector.channel_index = tensors["channel_index"].long().clone()

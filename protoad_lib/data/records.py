@@ -1,0 +1,132 @@
+"""Samples as records on disk (path, label, defect type, mask path) and the dataset that loads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from .errors import CorruptImageError
+from .images import image_size_of, load_mask, load_rgb, verify_file
+from .transforms import PairedTransform, paper_transform
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """Where a sample lives on disk (cheap; no pixels)."""
+
+    path: str
+    label: int
+    defect_type: str
+    mask_path: str | None = None
+
+
+class RecordDataset(Dataset):
+    """Shared loading code: ``samples`` is a list of :class:`SampleRecord`."""
+
+    samples: list[SampleRecord]
+    transform: PairedTransform
+    skipped: list[tuple[str, str]]
+
+    def _init_common(self, resize: int, crop: int, on_error: str,
+                     transform: PairedTransform | Callable | None) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
+        self.resize = int(resize)
+        self.crop = int(crop)
+        self.transform = transform if transform is not None else paper_transform(resize, crop)
+        self.skipped = []
+
+    # ------------------------------------------------------------------ views
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    @property
+    def defect_types(self) -> list[str]:
+        """Per-sample defect type, parallel to :attr:`labels` and :attr:`samples`."""
+        return [s.defect_type for s in self.samples]
+
+    @property
+    def defect_names(self) -> list[str]:
+        """Sorted unique defect types present (``"good"`` included if present)."""
+        return sorted(set(self.defect_types))
+
+    @property
+    def paths(self) -> list[str]:
+        return [s.path for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        rec = self.samples[index]
+        image = load_rgb(rec.path)
+        mask = None
+        if rec.mask_path is not None:
+            mask = load_mask(rec.mask_path)
+            if mask.shape != (image.height, image.width):
+                raise CorruptImageError(
+                    f"mask {rec.mask_path} has size {mask.shape[1]}x{mask.shape[0]} but image "
+                    f"{rec.path} has size {image.width}x{image.height}; masks must match their "
+                    "image pixel for pixel."
+                )
+        img_t, mask_t = self.transform(image, mask)
+        return {
+            "image": img_t,
+            "label": int(rec.label),
+            "mask": mask_t,
+            "defect_type": rec.defect_type,
+            "path": rec.path,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.load_sample(index)
+
+    def summary(self) -> dict[str, Any]:
+        return count_samples(self)
+
+    def _validate_for_skip(self, records: list[SampleRecord]) -> list[SampleRecord]:
+        """Skip mode: open every image (and mask) now; drop bad ones into ``skipped``."""
+        kept = []
+        for rec in records:
+            reason = verify_file(Path(rec.path))
+            if reason is not None:
+                self.skipped.append((rec.path, reason))
+                continue
+            if rec.mask_path is not None:
+                mreason = verify_file(Path(rec.mask_path))
+                if mreason is not None:
+                    self.skipped.append((rec.path, f"its mask {rec.mask_path}: {mreason}"))
+                    continue
+                isz, msz = image_size_of(Path(rec.path)), image_size_of(Path(rec.mask_path))
+                if isz != msz:
+                    self.skipped.append(
+                        (rec.path, f"mask {rec.mask_path} size {msz} != image size {isz}")
+                    )
+                    continue
+            kept.append(rec)
+        return kept
+
+
+def count_samples(dataset: RecordDataset) -> dict[str, Any]:
+    """Counts of a dataset: ``{"category", "split", "total", "good", "anomalous",
+    "per_defect": {defect_type: n}, "skipped"}`` (plain dict, no pandas)."""
+    per_defect: dict[str, int] = {}
+    for d in dataset.defect_types:
+        per_defect[d] = per_defect.get(d, 0) + 1
+    labels = dataset.labels
+    return {
+        "category": getattr(dataset, "category", None),
+        "split": getattr(dataset, "split", None),
+        "total": len(labels),
+        "good": sum(1 for x in labels if x == 0),
+        "anomalous": sum(1 for x in labels if x == 1),
+        "per_defect": dict(sorted(per_defect.items())),
+        "skipped": len(getattr(dataset, "skipped", [])),
+    }

@@ -1,0 +1,1 @@
+"""Measurements on top of the methods: timing and memory, the benchmark, method comparisons, the ablations."""

@@ -1,0 +1,81 @@
+"""anomalib's own PatchCore and PaDiM torch models behind our backbone, for the optional speed comparison."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+
+
+class _BackboneAsTimmExtractor(nn.Module):
+    """Presents our Backbone as anomalib's feature extractor: {"layer1": stride 4, "layer2": 8, "layer3": 16}."""
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.layers = list(layers)
+
+    def forward(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.backbone(images01)
+        named = {f"layer{i + 1}": m for i, m in enumerate(maps)}
+        return {name: named[name] for name in self.layers}
+
+
+def anomalib_version() -> str | None:
+    try:
+        import anomalib
+    except Exception:  # noqa: BLE001 - not installed or broken: skipped
+        return None
+    return str(getattr(anomalib, "__version__", "unknown"))
+
+
+class AnomalibDetector(nn.Module):
+    """anomalib's own torch model (PatchcoreModel / PadimModel) with our backbone swapped in.
+
+    Best effort across anomalib versions; not exercised by the test-suite (anomalib is optional).
+    """
+
+    def __init__(self, kind: str, backbone: Backbone, coreset_fraction: float = 0.1) -> None:
+        super().__init__()
+        self.kind = kind
+        self.coreset_fraction = coreset_fraction
+        if kind == "patchcore":
+            from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+            layers = ["layer2", "layer3"]
+            self.model = PatchcoreModel(layers=layers, backbone="resnet18", pre_trained=False)
+        else:
+            from anomalib.models.image.padim.torch_model import PadimModel
+
+            layers = ["layer1", "layer2", "layer3"]
+            self.model = PadimModel(layers=layers, backbone="resnet18", pre_trained=False)
+            total = sum(backbone.channels)
+            from ..methods.padim import default_n_features, random_channel_subset
+
+            index = random_channel_subset(total, default_n_features(backbone.name, total), 1024)
+            self.model.idx = index
+        self.model.feature_extractor = _BackboneAsTimmExtractor(backbone, layers)
+        self.model.layers = layers
+
+    @property
+    def memory_bank(self) -> torch.Tensor | None:
+        return getattr(self.model, "memory_bank", None) if self.kind == "patchcore" else None
+
+    @torch.inference_mode()
+    def fit(self, batches: Iterable[dict], device: str | torch.device = "cpu", **_: Any) -> "AnomalibDetector":
+        self.to(device)
+        self.model.train()
+        embeddings = torch.cat([self.model(batch["image"].to(device)) for batch in batches])
+        if self.kind == "patchcore":
+            self.model.subsample_embedding(embeddings, self.coreset_fraction)
+        elif hasattr(self.model, "gaussian"):
+            self.model.gaussian.fit(embeddings)
+        self.model.eval()
+        return self
+
+    @torch.inference_mode()
+    def forward(self, images01: torch.Tensor) -> Any:
+        return self.model(images01)

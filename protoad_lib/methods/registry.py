@@ -1,0 +1,92 @@
+"""The one list of methods: name -> detector class, display label and default options.
+
+Every place that names a method (the command line, evaluation, the benchmark, checkpoint loading,
+report labels, the notebooks) reads it from here, so adding a method is one module and one entry.
+A *variant* is a registered method under preset options (e.g. PatchCore with a 1 % coreset); it
+has its own name and label in benchmark tables and builds the same detector class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..backbones import Backbone
+from .base import AnomalyDetector
+from .padim import PaDiM
+from .patchcore import PatchCore
+from .protoad import ProtoAD
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its name (also the checkpoint's `method`), label, class and default options.
+
+    `compared`: whether the method is a row of the evaluation tables (notebook 05, `evaluate`);
+    `variant_of`: the registered method whose detector class this preset builds; `colour`: its colour
+    in every figure; `published`: (method, text in `setting`) of the cited rows in `data/paper_tables/`
+    that its results are set against.
+    """
+
+    name: str
+    label: str
+    detector: type[AnomalyDetector]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    compared: bool = True
+    variant_of: str | None = None
+    colour: str = "tab:gray"
+    published: tuple[str, str] | None = None
+
+
+REGISTRY: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("protoad", "ProtoAD", ProtoAD, summary="FINCH prototypes + cosine 1x1 convolution (training-free)",
+                   colour="tab:blue"),
+        MethodSpec("patchcore", "PatchCore-10%", PatchCore, {"coreset_fraction": 0.1},
+                   summary="memory bank of locally aware patches, 10 % greedy coreset, nearest-neighbour distance",
+                   colour="tab:orange", published=("PatchCore", "coreset 10%")),
+        MethodSpec("patchcore_10", "PatchCore-10%", PatchCore, {"coreset_fraction": 0.1}, compared=False,
+                   variant_of="patchcore", colour="tab:orange"),
+        MethodSpec("patchcore_1", "PatchCore-1%", PatchCore, {"coreset_fraction": 0.01}, compared=False,
+                   variant_of="patchcore", colour="tab:red"),
+        MethodSpec("padim", "PaDiM", PaDiM, summary="per-position Gaussians, Mahalanobis distance",
+                   colour="tab:green", published=("PaDiM", "Rd550")),
+    )
+}
+
+
+def method_names() -> tuple[str, ...]:
+    """The methods of the evaluation tables (and of `protoad fit/evaluate --method`), in table order."""
+    return tuple(name for name, spec in REGISTRY.items() if spec.compared)
+
+
+def bench_names() -> tuple[str, ...]:
+    """The names the benchmark accepts: every method, a variant standing for its method where one exists."""
+    replaced = {spec.variant_of for spec in REGISTRY.values() if spec.variant_of}
+    return tuple(name for name in REGISTRY if name not in replaced)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registry entry of `name`, or a ValueError listing the registered names."""
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown method {name!r}; choose one of {tuple(REGISTRY)}.")
+    return REGISTRY[name]
+
+
+def method_label(name: str) -> str:
+    """The display label of a method or variant; unregistered names (e.g. `backbone`) are returned as given."""
+    return REGISTRY[name].label if name in REGISTRY else name
+
+
+def make_detector(name: str, backbone: Backbone, **options: Any) -> AnomalyDetector:
+    """A fresh, unfitted detector: the entry's default options, overridden by `options`."""
+    spec = get_method(name)
+    return spec.detector(backbone, **{**spec.options, **options})
+
+
+def checkpoint_class(method: str) -> type[AnomalyDetector] | None:
+    """The class that rebuilds a checkpoint whose metadata names `method` (None if unknown)."""
+    spec = REGISTRY.get(method)
+    return None if spec is None else spec.detector

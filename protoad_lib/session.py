@@ -1,0 +1,185 @@
+"""One notebook run: parameters -> profile, categories, backbone, feature cache, results folder, data loader.
+
+Every notebook's second cell is `run = setup(profile, categories, backbone, device, data_root, results_dir)`;
+the run then loads each category's data the one way the whole project does (`evaluation.load_category`
+through the shared feature cache) and says where results go.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, load_backbone
+from .data import AnomalyDataset
+from .evaluation import CategoryData, load_category
+from .features import CacheKey, FeatureCache
+from .profiles import REPO_ROOT, DatasetSpec, Profile, dataset_root, get_profile
+
+#: Where results go when neither the notebook parameter nor the runner says: `<repo>/results/<profile>`.
+RESULTS_DIR_VARIABLE = "PROTOAD_RESULTS_DIR"
+
+
+def relative(path: str | Path) -> str:
+    """`path` relative to the repository root when inside it (paths printed in notebooks)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the library also passes explicit seeds everywhere)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunSetup:
+    """What a notebook runs on: the profile, its selected categories, backbone, device, data and results folders."""
+
+    profile: Profile
+    categories: tuple[tuple[DatasetSpec, str], ...]
+    backbone_name: str
+    device: str
+    results_dir: Path
+    given_roots: dict[str, Path] = field(default_factory=dict)
+    _roots: dict[str, Path] = field(default_factory=dict, repr=False)
+    _backbone: Backbone | None = field(default=None, repr=False)
+
+    @property
+    def seed(self) -> int:
+        return self.profile.seed
+
+    @property
+    def category_names(self) -> list[str]:
+        return [category for _, category in self.categories]
+
+    @property
+    def is_subset(self) -> bool:
+        """True when the run covers only part of the profile's categories (its means are not the benchmark's)."""
+        return len(self.categories) < sum(len(spec.categories) for spec in self.profile.datasets)
+
+    @property
+    def backbone(self) -> Backbone:
+        """The run's backbone on its device, loaded once."""
+        if self._backbone is None:
+            self._backbone = load_backbone(self.backbone_name).to(self.device).eval()
+        return self._backbone
+
+    @property
+    def cache(self) -> FeatureCache:
+        return FeatureCache(self.profile.cache_dir)
+
+    def root(self, spec: DatasetSpec, download: bool = True) -> Path:
+        """The folder holding `spec`'s category folders (generated / found / downloaded once)."""
+        if spec.name not in self._roots:
+            given = self.given_roots.get(spec.name)
+            self._roots[spec.name] = Path(dataset_root(self.profile, spec, root=given, download=download))
+        return self._roots[spec.name]
+
+    def dataset(self, spec: DatasetSpec, category: str, split: str) -> AnomalyDataset:
+        """The profile's geometry (resize, crop) applied to one category split."""
+        return AnomalyDataset(self.root(spec), category, split, layout=spec.layout,
+                              resize=self.profile.resize, crop=self.profile.image_size)
+
+    def output(self, name: str) -> Path:
+        """Path of a result file of this run (its folder is created)."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        return self.results_dir / name
+
+    def embeddings(self, spec: DatasetSpec, category: str, split: str) -> tuple[torch.Tensor, Path]:
+        """Stride-4 embeddings `[N, C, h, w]` of a split from the shared cache (extracted silently on a miss)."""
+        dataset = self.dataset(spec, category, split)
+        key = CacheKey.of(spec.name, category, split, self.backbone, self.profile.image_size, len(dataset))
+        features = self.cache.get_or_extract(key, self.backbone, dataset, self.profile.batch_size, self.device,
+                                             progress=False)
+        return features, self.cache.path(key)
+
+    def load(self, spec: DatasetSpec, category: str) -> CategoryData:
+        """One category's datasets, cached embeddings, labels and masks: the loader every notebook uses."""
+        return load_category(self.backbone, self.root(spec), category, layout=spec.layout,
+                             resize=self.profile.resize, image_size=self.profile.image_size,
+                             batch_size=self.profile.batch_size, device=self.device, cache=self.cache,
+                             dataset_name=spec.name, progress=False)
+
+    def load_all(self, categories: Sequence[str] | None = None) -> list[tuple[str, CategoryData]]:
+        """`(dataset name, CategoryData)` for the run's categories (or the named subset of them)."""
+        return [(spec.name, self.load(spec, category)) for spec, category in self.categories
+                if categories is None or category in categories]
+
+    def describe(self) -> str:
+        """A deterministic summary (no absolute paths inside the repository)."""
+        lines = [
+            f"profile    : {self.profile.name}",
+            f"datasets   : {', '.join(dict.fromkeys(s.name for s, _ in self.categories))}",
+            f"categories : {', '.join(self.category_names)}",
+            f"backbone   : {self.backbone_name}",
+            f"device     : {self.device}",
+            f"image size : resize {self.profile.resize} -> center crop {self.profile.image_size}",
+            f"seed       : {self.seed}",
+            f"data dir   : {relative(self.profile.data_dir)}",
+            f"results    : {relative(self.results_dir) if self.results_dir.is_relative_to(REPO_ROOT) else '(outside the repository)'}",
+        ]
+        return "\n".join(lines)
+
+
+def _selected_categories(profile: Profile, categories: str | Sequence[str] | None) -> tuple[tuple[DatasetSpec, str], ...]:
+    known = {c: s for s in profile.datasets for c in s.categories}
+    if categories is None:
+        wanted = list(known)
+    else:
+        items = categories.split(",") if isinstance(categories, str) else list(categories)
+        wanted = [str(c).strip() for c in items if str(c).strip()]
+    unknown = [c for c in wanted if c not in known]
+    if unknown or not wanted:
+        raise ValueError(f"unknown categories {unknown} for profile {profile.name!r}; "
+                         f"choose from {list(known)} (or None for all)")
+    return tuple((known[c], c) for c in dict.fromkeys(wanted))
+
+
+def _results_dir(profile: Profile, results_dir: str | Path | None) -> Path:
+    chosen = results_dir or os.environ.get(RESULTS_DIR_VARIABLE)
+    return Path(chosen).expanduser().resolve() if chosen else REPO_ROOT / "results" / profile.name
+
+
+def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, backbone: str | None = None,
+          device: str = "cpu", data_root: str | Path | None = None, results_dir: str | Path | None = None,
+          quiet: bool = True) -> RunSetup:
+    """Resolve a notebook's parameters cell into a `RunSetup`, seed everything, and quiet the output.
+
+    `categories`: None (all of the profile), a list, or a comma-separated string. `backbone`: None for
+    the profile's. `data_root`: None for `<repo>/data`; otherwise a data folder (downloads and caches go
+    there, datasets in `<data_root>/<name>`) or a local copy of a dataset holding its category folders
+    directly; `$MVTEC_AD_ROOT` / `$BTAD_ROOT` point at local copies too. `results_dir`: where every CSV
+    and figure goes (None: `$PROTOAD_RESULTS_DIR`, else `<repo>/results/<profile>`). `quiet`: no
+    progress bars (`TQDM_DISABLE`) and no tqdm widget warning, so re-executed notebooks print the same text.
+    """
+    chosen = get_profile(profile)
+    selected = _selected_categories(chosen, categories)
+    given_roots: dict[str, Path] = {}
+    if data_root is not None:
+        root = Path(data_root).expanduser().resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data_root {root} is not a folder; pass None or an existing folder")
+        for spec in chosen.datasets:
+            mine = [c for s, c in selected if s == spec]
+            if spec.name != "synthetic_mini" and mine and all((root / c).is_dir() for c in mine):
+                given_roots[spec.name] = root  # a local copy: category folders directly in data_root
+        if not given_roots:  # a data folder: downloads, generated data and the feature cache go there
+            chosen = replace(chosen, data_dir=root)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+        warnings.filterwarnings("ignore", message="IProgress not found")
+    seed_everything(chosen.seed)
+    return RunSetup(chosen, selected, backbone or chosen.backbone, str(device), _results_dir(chosen, results_dir),
+                    given_roots)
