@@ -6,8 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= demo
+# Optional knobs of `make reproduce` (empty: the profile's defaults), e.g.
+#   make reproduce PROFILE=paper CATEGORIES=bottle,screw BACKBONE=wide_resnet50_2 DEVICE=cuda DATA_ROOT=/data/mvtec
+# RESULTS_DIR moves every table, figure, executed notebook and HTML page; REDO=1 recomputes what an
+# interrupted run stored (by default a rerun resumes); SMOKE=1 uses the smallest settings (a code-path check).
+CATEGORIES ?=
+BACKBONE ?=
+DEVICE ?=
+DATA_ROOT ?=
+RESULTS_DIR ?=
+REDO ?=
+SMOKE ?=
+RUN_OPTIONS = $(if $(CATEGORIES),--param categories=$(CATEGORIES)) $(if $(BACKBONE),--param backbone=$(BACKBONE)) \
+	$(if $(DEVICE),--param device=$(DEVICE)) $(if $(DATA_ROOT),--param data_root=$(DATA_ROOT)) \
+	$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(REDO),--param redo=True) $(if $(SMOKE),--param smoke=True)
 
-.PHONY: reproduce test unit nbval notebooks bench clean-results
+.PHONY: reproduce test unit nbval notebooks bench lab
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/python -m protoad_lib.run --profile $(PROFILE)
+	$(BIN)/python -m protoad_lib.run --profile $(PROFILE) $(RUN_OPTIONS)
 
 test: unit nbval
 
@@ -32,6 +46,12 @@ nbval: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python -m protoad_lib.run --profile demo --update-notebooks
+	$(BIN)/python -m protoad_lib.report.readme_tables
+
+# JupyterLab on notebooks/ with the project's environment as the kernel.
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name protoad --display-name "ProtoAD (.venv)" >/dev/null
+	$(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(BIN)/protoad bench --backbone efficientnet_lite0 --json results/demo/bench.json

@@ -44,13 +44,15 @@ class CacheKey:
     layers: tuple[str, ...]
     image_size: int
     n_images: int
+    files: str = ""
 
     @classmethod
     def of(cls, dataset: str, category: str, split: str, backbone: Backbone, image_size: int,
-           n_images: int) -> "CacheKey":
-        """The key of one dataset split embedded by `backbone`."""
+           n_images: int, files: str = "") -> "CacheKey":
+        """The key of one dataset split embedded by `backbone`; `files` (`RecordDataset.files_digest()`)
+        keeps two different copies of a dataset under the same names apart, wherever they lie."""
         return cls(dataset, category, split, backbone.name, backbone.weights, tuple(backbone.layers), image_size,
-                   n_images)
+                   n_images, files)
 
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .methods.protoad.prototypes import DEFAULT_MAX_VECTORS
@@ -27,6 +27,8 @@ class Profile:
 
     `max_vectors` is how many training patch vectors FINCH clusters per category: the library
     default (60,000) for the paper profile; 20,000 keeps the demo series within minutes on 2 cores.
+    `smoke`: the smallest settings that still run every code path (a CI check of the paper path on
+    tiny data; see `smoke_version`), never a setting for numbers anyone should read.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Profile:
     seed: int = 0
     max_vectors: int = DEFAULT_MAX_VECTORS
     data_dir: Path = field(default=REPO_ROOT / "data")
+    smoke: bool = False
 
     @property
     def cache_dir(self) -> Path:
@@ -60,6 +63,12 @@ PROFILES = {
         backbone="wide_resnet50_2",
     ),
 }
+
+
+def smoke_version(profile: Profile) -> Profile:
+    """The same datasets and layouts at the smallest scale: 64 px crops, few clustered vectors, short
+    benchmarks and ablations."""
+    return replace(profile, resize=73, image_size=64, max_vectors=2_000, smoke=True)
 
 
 def get_profile(name: str) -> Profile:

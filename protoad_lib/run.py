@@ -6,6 +6,10 @@ of the run and each executed copy (``<results>/<profile>/executed/<name>.ipynb``
 temporary file, then renamed) land in one folder. One progress line per notebook, the total time at the
 end, and a non-zero exit naming the failing notebook and cell.
 
+Every run also writes the executed notebooks as static HTML with an index page
+(``<results>/<profile>/html/index.html``) for people who read rather than run. Profiles other than the
+demo stream each notebook's output (progress bars with the time left included) to the terminal.
+
 ``--update-notebooks`` (demo profile only, used by ``make notebooks``) copies each successfully
 executed notebook back over ``notebooks/<name>.ipynb`` with papermill's injected-parameters cell
 and metadata removed, so the committed notebooks carry their demo outputs and nbval re-executes
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import html
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -165,11 +171,13 @@ def run_notebook(
     parameters: dict[str, Any] | None = None,
     update_source: bool = False,
     start_timeout: int = 120,
+    stream: bool = False,
 ) -> NotebookResult:
     """Execute one notebook with papermill; raises :class:`NotebookRunError` when it fails.
 
     The executed copy (also of a failed run, with papermill's error markers) is written to
-    ``results_dir/<profile>/executed/<name>.ipynb`` through a temporary file and a rename.
+    ``results_dir/<profile>/executed/<name>.ipynb`` through a temporary file and a rename. ``stream``:
+    print the notebook's outputs to the terminal as they come (papermill's ``log_output``).
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -185,7 +193,7 @@ def run_notebook(
         try:
             pm.execute_notebook(
                 str(notebook), str(temporary), parameters=params, kernel_name=kernel,
-                cwd=str(notebook.parent), progress_bar=False, log_output=False,
+                cwd=str(notebook.parent), progress_bar=False, log_output=stream,
                 request_save_on_cell_execute=False, start_timeout=start_timeout,
             )
         except PapermillExecutionError as error:
@@ -228,8 +236,13 @@ def run_notebooks(
     parameters: dict[str, Any] | None = None,
     update_notebooks: bool = False,
     log: Callable[[str], None] | None = None,
+    stream: bool | None = None,
 ) -> list[NotebookResult]:
-    """Run the selected notebooks in series order; stops at (and raises) the first failure."""
+    """Run the selected notebooks in series order; stops at (and raises) the first failure.
+
+    ``stream`` (default: every profile but the demo) prints each notebook's output as it runs. The
+    executed notebooks are also written as HTML with an index page (``write_html_report``).
+    """
     if update_notebooks and profile != "demo":
         raise ValueError("--update-notebooks is for the demo profile only: the committed notebooks "
                          "carry demo outputs (nbval re-executes them with the defaults)")
@@ -240,22 +253,64 @@ def run_notebooks(
     selected = select_notebooks(discover_notebooks(notebooks_dir), notebooks)
     if not selected:
         raise ValueError(f"no notebooks (0*.ipynb) in {notebooks_dir}")
+    stream = profile != "demo" if stream is None else stream
+    if stream:
+        _stream_papermill_log()
     results = []
     total_start = time.perf_counter()
     for position, notebook in enumerate(selected, start=1):
         prefix = f"[{position}/{len(selected)}] {notebook.stem} ..."
         started = time.perf_counter()
         try:
-            result = run_notebook(notebook, profile, results_dir, kernel, parameters, update_notebooks)
+            result = run_notebook(notebook, profile, results_dir, kernel, parameters, update_notebooks, stream=stream)
         except NotebookRunError:
             write(f"{prefix} FAILED ({time.perf_counter() - started:.1f} s)")
             raise
         suffix = ", notebook updated" if update_notebooks else ""
         write(f"{prefix} ok ({result.seconds:.1f} s{suffix})")
         results.append(result)
+    index = write_html_report(results, Path(results_dir) / profile / "html", profile)
     write(f"{len(results)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s "
-          f"(executed copies in {_display(Path(results_dir) / profile / 'executed')})")
+          f"(executed copies in {_display(Path(results_dir) / profile / 'executed')}; to read: {_display(index)})")
     return results
+
+
+def _stream_papermill_log() -> None:
+    """Show papermill's streamed cell outputs (its logger, INFO) on stdout, once."""
+    logger = logging.getLogger("papermill")
+    if not any(getattr(handler, "_protoad", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        handler._protoad = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def write_html_report(results: Sequence[NotebookResult], html_dir: Path, profile: str) -> Path:
+    """Each executed notebook as a static HTML page (figures embedded) and an ``index.html`` linking them."""
+    from nbconvert import HTMLExporter
+    import nbformat
+
+    html_dir = Path(html_dir)
+    exporter = HTMLExporter()
+    rows = []
+    for result in results:
+        page, _ = exporter.from_notebook_node(nbformat.read(result.executed_path, as_version=4))
+        target = html_dir / f"{result.name}.html"
+        with atomic_output(target, suffix=".tmp.html") as temporary:
+            temporary.write_text(page, encoding="utf-8")
+        rows.append(f'<li><a href="{html.escape(target.name)}">{html.escape(result.name)}</a> '
+                    f"({result.seconds:.0f} s)</li>")
+    index = html_dir / "index.html"
+    body = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ProtoAD replication: {html.escape(profile)} "
+            f"profile</title></head><body><h1>ProtoAD replication, {html.escape(profile)} profile</h1>"
+            f"<p>The executed notebooks of this run, in order:</p><ol>{''.join(rows)}</ol></body></html>\n")
+    with atomic_output(index, suffix=".tmp.html") as temporary:
+        temporary.write_text(body, encoding="utf-8")
+    return index
 
 
 # --------------------------------------------------------------------------- command line
@@ -293,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="demo only: copy the executed notebooks (papermill traces removed) back "
                              "over notebooks/ so they carry their demo outputs")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not stream the notebooks' output (streamed by default except for the demo)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="extra notebook parameter, e.g. --param device=cuda or "
                              "--param \"categories=['bottle']\" (repeatable)")
@@ -314,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_notebooks(
             args.profile, args.notebooks, args.notebooks_dir, args.results_dir, args.kernel,
-            parameters, args.update_notebooks,
+            parameters, args.update_notebooks, stream=False if args.quiet else None,
         )
     except NotebookRunError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

@@ -7,12 +7,13 @@ through the shared feature cache) and says where results go.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +21,10 @@ import torch
 from .backbones import Backbone, load_backbone
 from .data import AnomalyDataset
 from .evaluation import CategoryData, load_category
+from .resume import ResultStore
 from .features import CacheKey, FeatureCache
-from .profiles import REPO_ROOT, DatasetSpec, Profile, dataset_root, get_profile
+from .profiles import REPO_ROOT, DatasetSpec, Profile, dataset_root, get_profile, smoke_version
+from .progress import progress_bar
 
 #: Where results go when neither the notebook parameter nor the runner says: `<repo>/results/<profile>`.
 RESULTS_DIR_VARIABLE = "PROTOAD_RESULTS_DIR"
@@ -34,6 +37,14 @@ def relative(path: str | Path) -> str:
         return path.relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return str(path)
+
+
+def library_digest() -> str:
+    """A digest of every source file of `protoad_lib` (which code computed a stored result)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def seed_everything(seed: int) -> None:
@@ -53,6 +64,9 @@ class RunSetup:
     device: str
     results_dir: Path
     given_roots: dict[str, Path] = field(default_factory=dict)
+    progress: bool = False
+    redo: bool = False
+    weights: str = "imagenet"
     _roots: dict[str, Path] = field(default_factory=dict, repr=False)
     _backbone: Backbone | None = field(default=None, repr=False)
 
@@ -73,7 +87,7 @@ class RunSetup:
     def backbone(self) -> Backbone:
         """The run's backbone on its device, loaded once."""
         if self._backbone is None:
-            self._backbone = load_backbone(self.backbone_name).to(self.device).eval()
+            self._backbone = load_backbone(self.backbone_name, weights=self.weights).to(self.device).eval()
         return self._backbone
 
     @property
@@ -100,7 +114,8 @@ class RunSetup:
     def embeddings(self, spec: DatasetSpec, category: str, split: str) -> tuple[torch.Tensor, Path]:
         """Stride-4 embeddings `[N, C, h, w]` of a split from the shared cache (extracted silently on a miss)."""
         dataset = self.dataset(spec, category, split)
-        key = CacheKey.of(spec.name, category, split, self.backbone, self.profile.image_size, len(dataset))
+        key = CacheKey.of(spec.name, category, split, self.backbone, self.profile.image_size, len(dataset),
+                          dataset.files_digest())
         features = self.cache.get_or_extract(key, self.backbone, dataset, self.profile.batch_size, self.device,
                                              progress=False)
         return features, self.cache.path(key)
@@ -113,9 +128,28 @@ class RunSetup:
                              dataset_name=spec.name, progress=False)
 
     def load_all(self, categories: Sequence[str] | None = None) -> list[tuple[str, CategoryData]]:
-        """`(dataset name, CategoryData)` for the run's categories (or the named subset of them)."""
+        """`(dataset name, CategoryData)` for the run's categories (or the named subset of them), all in memory:
+        for the demo's small categories; a paper-scale run goes category by category (`each_category`)."""
         return [(spec.name, self.load(spec, category)) for spec, category in self.categories
                 if categories is None or category in categories]
+
+    def each_category(self, what: str = "categories") -> Iterator[tuple[DatasetSpec, str]]:
+        """The run's categories one at a time, with a progress bar (elapsed, estimate of the time left)
+        unless the run is quiet; load a category's data inside the loop so only one is in memory."""
+        yield from progress_bar(self.categories, desc=what, unit="category", enabled=self.progress)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What every stored result of this run depends on (besides a notebook's own settings), the
+        library's own source included: after any code change nothing stored earlier is reused."""
+        return {"code": library_digest(), "profile": self.profile.name, "smoke": self.profile.smoke,
+                "backbone": self.backbone_name, "weights": self.weights,
+                "resize": self.profile.resize, "image_size": self.profile.image_size,
+                "max_vectors": self.profile.max_vectors, "seed": self.seed}
+
+    def store(self, name: str, settings: Mapping[str, Any] | None = None) -> ResultStore:
+        """Where a notebook keeps per-category results as they finish (`<results>/cache/<name>/`): a rerun with
+        the same settings skips what is stored, other settings recompute it, `redo=True` recomputes all."""
+        return ResultStore(self.results_dir / "cache" / name, self.fingerprint() | dict(settings or {}), self.redo)
 
     def describe(self) -> str:
         """A deterministic summary (no absolute paths inside the repository)."""
@@ -123,7 +157,7 @@ class RunSetup:
             f"profile    : {self.profile.name}",
             f"datasets   : {', '.join(dict.fromkeys(s.name for s, _ in self.categories))}",
             f"categories : {', '.join(self.category_names)}",
-            f"backbone   : {self.backbone_name}",
+            f"backbone   : {self.backbone_name}" + ("" if self.weights == "imagenet" else f" ({self.weights} weights)"),
             f"device     : {self.device}",
             f"image size : resize {self.profile.resize} -> center crop {self.profile.image_size}",
             f"seed       : {self.seed}",
@@ -154,17 +188,23 @@ def _results_dir(profile: Profile, results_dir: str | Path | None) -> Path:
 
 def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, backbone: str | None = None,
           device: str = "cpu", data_root: str | Path | None = None, results_dir: str | Path | None = None,
-          quiet: bool = True) -> RunSetup:
+          smoke: bool = False, redo: bool = False, quiet: bool | None = None) -> RunSetup:
     """Resolve a notebook's parameters cell into a `RunSetup`, seed everything, and quiet the output.
 
     `categories`: None (all of the profile), a list, or a comma-separated string. `backbone`: None for
-    the profile's. `data_root`: None for `<repo>/data`; otherwise a data folder (downloads and caches go
+    the profile's; `name@random` asks for random weights by name (speed and memory measurements where the
+    ImageNet weights are not on disk; never for accuracy). `data_root`: None for `<repo>/data`; otherwise a data folder (downloads and caches go
     there, datasets in `<data_root>/<name>`) or a local copy of a dataset holding its category folders
     directly; `$MVTEC_AD_ROOT` / `$BTAD_ROOT` point at local copies too. `results_dir`: where every CSV
-    and figure goes (None: `$PROTOAD_RESULTS_DIR`, else `<repo>/results/<profile>`). `quiet`: no
-    progress bars (`TQDM_DISABLE`) and no tqdm widget warning, so re-executed notebooks print the same text.
+    and figure goes (None: `$PROTOAD_RESULTS_DIR`, else `<repo>/results/<profile>`). `smoke`: the
+    profile's smallest settings (`profiles.smoke_version`, for CI). `redo`: recompute results stored by
+    an earlier, interrupted run. `quiet` (default: only for the demo): no progress bars (`TQDM_DISABLE`)
+    and no tqdm widget warning, so re-executed notebooks print the same text; a paper run shows them.
     """
     chosen = get_profile(profile)
+    if smoke:
+        chosen = smoke_version(chosen)
+    quiet = chosen.name == "demo" if quiet is None else quiet
     selected = _selected_categories(chosen, categories)
     given_roots: dict[str, Path] = {}
     if data_root is not None:
@@ -181,5 +221,6 @@ def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, 
         os.environ["TQDM_DISABLE"] = "1"
         warnings.filterwarnings("ignore", message="IProgress not found")
     seed_everything(chosen.seed)
-    return RunSetup(chosen, selected, backbone or chosen.backbone, str(device), _results_dir(chosen, results_dir),
-                    given_roots)
+    backbone_name, _, weights = (backbone or chosen.backbone).partition("@")
+    return RunSetup(chosen, selected, backbone_name, str(device), _results_dir(chosen, results_dir),
+                    given_roots, progress=not quiet, redo=bool(redo), weights=weights or "imagenet")

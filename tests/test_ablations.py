@@ -137,10 +137,10 @@ def test_ablations_are_deterministic(backbone, data, config):
 
 
 def test_ablation_plan_follows_the_profile_budget():
-    plan = ablations.ablation_plan("demo")
+    plan = ablations.ablation_plan(get_profile("demo"))
     assert plan.max_vectors == get_profile("demo").max_vectors == plan.config().max_vectors
     assert plan.budgets[-1] == plan.max_vectors and "coreset" not in plan.strategies
-    assert ablations.ablation_plan("paper").max_vectors > plan.max_vectors
+    assert ablations.ablation_plan(get_profile("paper")).max_vectors > plan.max_vectors
 
 
 def test_ablation_table_adds_means(backbone, data, config, fits):

@@ -8,7 +8,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "protoad_lib"
 #: Lowest first; a module may import its own floor and the floors below.
 FLOORS = [
-    {"atomic", "progress", "data"},
+    {"atomic", "progress", "resume", "data"},
     {"backbones", "postprocess", "metrics"},
     {"features"},
     {"methods"},
@@ -59,3 +59,9 @@ def test_module_stays_small_and_says_what_it_does(path):
     text = path.read_text()
     assert len(text.splitlines()) <= 400
     assert ast.get_docstring(ast.parse(text)), f"{path.name} has no module docstring"
+
+
+def test_readme_results_table_is_generated_from_the_committed_csv():
+    from protoad_lib.report.readme_tables import main
+
+    assert main(["--check"]) == 0, "run: python -m protoad_lib.report.readme_tables"

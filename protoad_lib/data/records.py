@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,16 @@ class RecordDataset(Dataset):
     samples: list[SampleRecord]
     transform: PairedTransform
     skipped: list[tuple[str, str]]
+
+    def files_digest(self) -> str:
+        """A digest of the split's files (last folders, names and sizes): the same for a byte-identical copy
+        anywhere on disk, different for another copy under the same names (what a feature cache keys on)."""
+        digest = hashlib.sha256()
+        for record in self.samples:
+            for path in (record.path, record.mask_path):
+                if path is not None:
+                    digest.update(f"{Path(*Path(path).parts[-3:])}:{Path(path).stat().st_size};".encode())
+        return digest.hexdigest()[:16]
 
     def _init_common(self, resize: int, crop: int, on_error: str,
                      transform: PairedTransform | Callable | None) -> None:
@@ -130,3 +141,14 @@ def count_samples(dataset: RecordDataset) -> dict[str, Any]:
         "per_defect": dict(sorted(per_defect.items())),
         "skipped": len(getattr(dataset, "skipped", [])),
     }
+
+
+def example_indices(dataset: RecordDataset, n_defective: int = 2) -> list[int]:
+    """Indices of the first good image and of the first image of the first `n_defective` defect types
+    (sorted by name): the examples every figure of anomaly maps shows."""
+    first_of: dict[str, int] = {}
+    for i, record in enumerate(dataset.samples):
+        first_of.setdefault(record.defect_type, i)
+    picks = [first_of["good"]] if "good" in first_of else []
+    picks += [first_of[d] for d in sorted(first_of) if d != "good"][:n_defective]
+    return picks

@@ -8,7 +8,7 @@ deterministic: subsampling, k-means, coreset and random prototypes are seeded by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,7 +22,8 @@ from ..features import FeatureCache, combine_layers
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
-from ..profiles import get_profile
+from ..profiles import DatasetSpec, Profile
+from ..session import RunSetup
 
 #: The metrics every ablation reports (fractions).
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro")
@@ -47,7 +48,7 @@ class AblationPlan:
         return ProtoADConfig(max_vectors=self.max_vectors, seed=seed)
 
 
-def ablation_plan(profile_name: str) -> AblationPlan:
+def ablation_plan(profile: Profile) -> AblationPlan:
     """The profile's clustering budget (`Profile.max_vectors`) as the reference; the demo re-extracts
     features at other image sizes for one category only.
 
@@ -56,10 +57,14 @@ def ablation_plan(profile_name: str) -> AblationPlan:
     vectors per kept vector (minutes for 10,000 of the demo's 50,176; hours for 60,000 of an MVTec AD
     category's ~600,000). Coreset *prototypes* at FINCH's K stay in the clustering-method ablation.
     """
-    budget = get_profile(profile_name).max_vectors
+    budget = profile.max_vectors
+    if profile.smoke:  # every ablation runs, each with its fewest settings
+        return AblationPlan(max_vectors=budget, layer_subsets=((1, 2, 3), (2, 3)), clustering_methods=("finch", "kmeans"),
+                            strategies=("stratified",), budgets=(budget,), image_sizes=(48, 64),
+                            image_size_categories=1, sigmas=(0, 4), image_score_rules=("max",))
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
-                        image_size_categories=1 if profile_name == "demo" else None)
+                        image_size_categories=1 if profile.name == "demo" else None)
 
 
 # --------------------------------------------------------------------------- fit and score
@@ -82,10 +87,11 @@ def fit_baselines(backbone: Backbone, categories: Sequence[CategoryData],
 
 
 def _with(fitted: ProtoAD, sigma: float | None = None, image_score: str | None = None) -> ProtoAD:
-    """A copy of a fitted ProtoAD with the same prototypes and another sigma / image-score rule."""
+    """A ProtoAD sharing a fitted one's prototype head (bit for bit) with another sigma / image-score rule."""
     settings = fitted.settings if image_score is None else replace(fitted.settings, image_score=image_score)
-    return ProtoAD(fitted.backbone, sigma=fitted.sigma if sigma is None else sigma, config=settings,
-                   prototypes=fitted.head.prototypes.detach().clone()).eval()
+    detector = ProtoAD(fitted.backbone, sigma=fitted.sigma if sigma is None else sigma, config=settings)
+    detector.head = fitted.head
+    return detector.eval()
 
 
 def _row(ablation: str, setting: str, data: CategoryData, k: int, scored: Scored, **extra) -> dict:
@@ -304,3 +310,47 @@ def image_score_ablation(backbone: Backbone, categories: Sequence[CategoryData],
             detector = _with(fits[data.name], image_score=rule)
             rows.append(_row("image_score", rule, data, detector.k, score(detector, data)))
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+ABLATIONS = ("layers", "finch_level", "clustering", "subsampling", "image_size", "sigma", "image_score")
+
+
+def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
+                    with_image_size: bool) -> dict[str, pd.DataFrame]:
+    """Every ablation of `plan` on one category, sharing one reference fit (tables by `ABLATIONS` name)."""
+    backbone = run.backbone
+    data = run.load(spec, category)
+    fits = fit_baselines(backbone, [data], config)
+    tables = {
+        "layers": layer_ablation(backbone, [data], plan.layer_subsets, config, fits),
+        "finch_level": finch_level_ablation(backbone, [data], config, fits),
+        "clustering": clustering_method_ablation(backbone, [data], plan.clustering_methods, config, fits),
+        "subsampling": subsampling_ablation(backbone, [data], plan.strategies, plan.budgets, config, fits),
+        "sigma": sigma_ablation(backbone, [data], plan.sigmas, config, fits),
+        "image_score": image_score_ablation(backbone, [data], plan.image_score_rules, config, fits),
+    }
+    if with_image_size:
+        tables["image_size"] = image_size_ablation(
+            backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,
+            cache=run.cache, dataset_name=spec.name, batch_size=run.profile.batch_size, device=run.device,
+            base_resize=run.profile.resize, base_crop=run.profile.image_size)
+    return tables
+
+
+def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> dict[str, pd.DataFrame]:
+    """Every ablation on every category of the run, category by category (one category's embeddings in
+    memory at a time), each category's tables stored as it finishes so an interrupted run resumes there."""
+    store = run.store("ablations", {"plan": asdict(plan), "config": asdict(config)})
+    sized = run.category_names[: plan.image_size_categories]
+    per_category = []
+    for spec, category in run.each_category("ablations"):
+        tables = store.load(category)
+        if tables is None:
+            tables = ablate_category(run, spec, category, plan, config, category in sized)
+            store.save(tables, category)
+        per_category.append(tables)
+    return {name: pd.concat([tables[name] for tables in per_category if name in tables], ignore_index=True)
+            for name in ABLATIONS}

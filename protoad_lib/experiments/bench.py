@@ -15,6 +15,7 @@ from torch import nn
 from ..atomic import atomic_output
 from ..backbones import Backbone, load_backbone
 from ..methods import AnomalyDetector, bench_names, fitted_size, make_detector
+from ..profiles import Profile
 from ..progress import progress_bar
 from .anomalib_adapter import AnomalibDetector
 from .machine import environment, loadavg, set_threads
@@ -83,12 +84,15 @@ class BenchmarkSettings:
     include_anomalib: bool
 
 
-def benchmark_settings(profile_name: str) -> BenchmarkSettings:
+def benchmark_settings(profile: Profile) -> BenchmarkSettings:
     """Demo: fit on 8 images (ProtoAD's FINCH then clusters 8 x 3,136 patches), batch 1 and 8, 3 timed runs.
     Paper: fit on the category's whole training set (`n_images=None`; e.g. bottle: 209 images, a PatchCore
     bank of 16,385 vectors at 10 %), so the speeds are those of the paper's setting; batch 1 / 8 / 32,
-    10 timed runs, the harness' default K and bank-size sweeps."""
-    if profile_name == "demo":
+    10 timed runs, the harness' default K and bank-size sweeps. A smoke profile: 4 images, one timed run."""
+    if profile.smoke:
+        return BenchmarkSettings(batch_sizes=(1, 2), n_images=4, warmup=0, repeats=1, head_ks=(10, 100),
+                                 bank_sizes=(100, 1_000), include_anomalib=False)
+    if profile.name == "demo":
         return BenchmarkSettings(batch_sizes=(1, 8), n_images=8, warmup=1, repeats=3,
                                  head_ks=(10, 100, 1_000, 10_000), bank_sizes=(1_000, 3_000, 10_000, 30_000),
                                  include_anomalib=False)

@@ -1,4 +1,9 @@
-"""Every registered method fitted and scored on every category of a run: the rows of the evaluation tables."""
+"""Every registered method fitted and scored on every category of a run: the rows of the evaluation tables.
+
+A paper run takes hours, so it goes category by category (one category's embeddings in memory at a
+time) and keeps each (category, method) result as it finishes (`RunSetup.store`): an interrupted run,
+restarted, recomputes only what is missing.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,35 @@ import pandas as pd
 import torch
 
 from ..backbones import Backbone
+from ..data import AnomalyDataset, example_indices
 from ..evaluation import CategoryData, fit_and_score
-from ..methods import Predictions, fitted_size, make_detector, method_names
+from ..methods import fitted_size, make_detector, method_names
 from ..methods.protoad import ProtoADConfig
+from ..session import RunSetup
+
+#: Defect types per category whose first image is kept for the overlay figures.
+EXAMPLE_DEFECTS = 2
+
+
+@dataclass
+class MethodResult:
+    """One method on one category: metrics, timings, image scores, the example maps and their colour scale."""
+
+    metrics: dict
+    timing: dict
+    scores: torch.Tensor
+    example_maps: dict[int, torch.Tensor]
+    normal_scale: tuple[float, float]
 
 
 @dataclass
 class Evaluation:
-    """Every method on every category: metrics (one row each), timings, and the predictions."""
+    """Every method on every category: metrics (one row each), timings, and what the overlays need."""
 
     results: pd.DataFrame
     timings: pd.DataFrame
-    categories: list[tuple[str, CategoryData]]
-    predictions: dict[tuple[str, str], Predictions] = field(default_factory=dict)
-    normal_scales: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    tests: dict[str, AnomalyDataset] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], MethodResult] = field(default_factory=dict)
 
 
 def method_options(protoad_max_vectors: int | None = None, seed: int = 0) -> dict[str, dict]:
@@ -32,48 +52,63 @@ def method_options(protoad_max_vectors: int | None = None, seed: int = 0) -> dic
     return {"protoad": {"config": config}, "patchcore": {"seed": seed}}
 
 
-def normal_scale(predictions: Predictions, labels: torch.Tensor) -> tuple[float, float]:
+def normal_scale(maps: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """A colour scale a reader can trust: the 1st..99.9th percentile of the method's anomaly maps on the
     *good* test images. The top of the scale is then "as anomalous as the most extreme normal pixels", so
     a defect shows red, a normal image stays cool, and a few extreme values cannot wash a method out.
     (Maps of normal *training* images would not do: PatchCore's bank and PaDiM's Gaussians contain them,
     so their in-sample scores are far below any unseen image's.) Used for display only, never for a metric."""
-    good = predictions.maps[labels == 0] if bool((labels == 0).any()) else predictions.maps
+    good = maps[labels == 0] if bool((labels == 0).any()) else maps
     flat = good.flatten()
     sample = flat[torch.linspace(0, len(flat) - 1, min(len(flat), 1_000_000)).long()].double()
     low, high = torch.quantile(sample, torch.tensor([0.01, 0.999], dtype=torch.float64)).tolist()
     return float(low), float(max(high, low + 1e-6))
 
 
-def evaluate_methods(backbone: Backbone, categories: Sequence[tuple[str, CategoryData]],
-                     methods: Sequence[str] | None = None, options: Mapping[str, dict] | None = None,
-                     device: str | None = None) -> Evaluation:
-    """Fit each method on each category's cached train embeddings and score its test set.
+def score_method(backbone: Backbone, data: CategoryData, dataset: str, method: str, options: Mapping[str, dict],
+                 device: str | None = None) -> MethodResult:
+    """Fit one registered method on a category's cached train embeddings and score its test set."""
+    detector = make_detector(method, backbone, **options.get(method, {}))
+    if device is not None and hasattr(detector, "coreset_device"):
+        detector.coreset_device = device
+    scored = fit_and_score(detector, data, full_metrics=True)
+    maps = scored.predictions.maps
+    keys = {"dataset": dataset, "category": data.name, "method": method}
+    return MethodResult(
+        metrics=keys | scored.metrics | {"k": fitted_size(detector)},
+        timing=keys | {"fit_s": scored.fit_s, "infer_s": scored.infer_s, "n_train": len(data.train),
+                       "n_test": len(data.test)},
+        scores=scored.predictions.scores,
+        example_maps={index: maps[index].clone() for index in example_indices(data.test, EXAMPLE_DEFECTS)},
+        normal_scale=normal_scale(maps, data.labels),
+    )
 
-    `categories`: `(dataset name, CategoryData)` pairs (`RunSetup.load_all`). `methods`: registry
-    names (None: every method of the evaluation tables). Results have one row per (dataset, category,
-    method) with image/pixel AUROC, AUPRO, image/pixel F1-max (fractions) and `k` (ProtoAD prototypes /
-    PatchCore memory-bank size; empty otherwise). Fitting and scoring run on the CPU (the cached
-    embeddings live there); `device` (e.g. "cuda") is used where a method can move its expensive
-    fitting step there (PatchCore's coreset selection).
+
+def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
+                 options: Mapping[str, dict] | None = None) -> Evaluation:
+    """Every method (registry names; None: every method of the evaluation tables) on every category of the run.
+
+    Results have one row per (dataset, category, method) with image/pixel AUROC, AUPRO, image/pixel F1-max
+    (fractions) and `k` (ProtoAD prototypes / PatchCore memory-bank size; empty otherwise). Fitting and
+    scoring run on the CPU (the cached embeddings live there); `run.device` (e.g. "cuda") is used where a
+    method can move its expensive fitting step there (PatchCore's coreset selection).
     """
     methods = method_names() if methods is None else tuple(methods)
-    options = method_options() if options is None else options
-    rows, timings, predictions, scales = [], [], {}, {}
-    for dataset, data in categories:
-        for method in methods:
-            detector = make_detector(method, backbone, **options.get(method, {}))
-            if device is not None and hasattr(detector, "coreset_device"):
-                detector.coreset_device = device
-            scored = fit_and_score(detector, data, full_metrics=True)
-            rows.append({"dataset": dataset, "category": data.name, "method": method, **scored.metrics,
-                         "k": fitted_size(detector)})
-            timings.append({"dataset": dataset, "category": data.name, "method": method,
-                            "fit_s": scored.fit_s, "infer_s": scored.infer_s,
-                            "n_train": len(data.train), "n_test": len(data.test)})
-            predictions[(data.name, method)] = scored.predictions
-            scales[(data.name, method)] = normal_scale(scored.predictions, data.labels)
-            del detector
-    results = pd.DataFrame(rows)
+    options = method_options(run.profile.max_vectors, run.seed) if options is None else options
+    store = run.store("evaluation", {"options": {m: options.get(m, {}) for m in methods}})
+    outcomes: dict[tuple[str, str], MethodResult] = {}
+    tests: dict[str, AnomalyDataset] = {}
+    for spec, category in run.each_category("evaluation"):
+        stored = {method: store.load(category, method) for method in methods}
+        missing = [method for method, result in stored.items() if result is None]
+        if missing:
+            data = run.load(spec, category)
+            for method in missing:
+                stored[method] = score_method(run.backbone, data, spec.name, method, options, run.device)
+                store.save(stored[method], category, method)
+            del data
+        tests[category] = run.dataset(spec, category, "test")
+        outcomes |= {(category, method): result for method, result in stored.items()}
+    results = pd.DataFrame([result.metrics for result in outcomes.values()])
     results["k"] = results["k"].astype("Int64")
-    return Evaluation(results, pd.DataFrame(timings), list(categories), predictions, scales)
+    return Evaluation(results, pd.DataFrame([result.timing for result in outcomes.values()]), tests, outcomes)

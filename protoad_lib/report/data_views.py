@@ -154,13 +154,14 @@ def embedding_shapes(backbone: Backbone, images01: torch.Tensor) -> pd.DataFrame
     return pd.DataFrame({"tensor": [r["tensor"] for r in rows], "shape": [str(r["shape"]) for r in rows]})
 
 
-def cache_table(entries: Sequence[tuple[str, str, torch.Tensor, Path]]) -> pd.DataFrame:
-    """One row per cached split: category, split, images, tensor shape, file (relative) and size in MB."""
+def cache_table(entries: Sequence[tuple[str, str, Sequence[int], Path]]) -> pd.DataFrame:
+    """One row per cached split (category, split, embedding shape [N, C, h, w], file): images, shape,
+    patch vectors, file name and size in MB."""
     rows = []
-    for category, split, features, path in entries:
-        rows.append({"category": category, "split": split, "images": int(features.shape[0]),
-                     "shape [N, C, h, w]": str(list(features.shape)),
-                     "patch vectors": int(features.shape[0] * features.shape[2] * features.shape[3]),
+    for category, split, shape, path in entries:
+        n, _, h, w = shape
+        rows.append({"category": category, "split": split, "images": int(n),
+                     "shape [N, C, h, w]": str(list(shape)), "patch vectors": int(n * h * w),
                      "file": Path(path).name, "MB": round(Path(path).stat().st_size / 2**20, 1)})
     return pd.DataFrame(rows)
 

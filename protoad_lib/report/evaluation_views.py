@@ -16,10 +16,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ..experiments.comparison import Evaluation
+from ..data import example_indices
+from ..experiments.comparison import EXAMPLE_DEFECTS, Evaluation
 from ..methods import REGISTRY, method_label, method_names
 from ..session import RunSetup
-from .model_views import pick_examples
 from .overlays import overlay
 
 
@@ -126,35 +126,35 @@ def category_bars(results: pd.DataFrame, metrics: Sequence[str] = ("image_auroc"
     return fig
 
 
-def overlay_grid(evaluation: Evaluation, n_defective: int = 2, methods: Sequence[str] | None = None,
-                 panel: float = 1.8) -> Figure:
-    """Qualitative results: per category the first good test image and the first image of
-    `n_defective` defect types; columns: image with the ground-truth outline, then each method's
+def overlay_grid(evaluation: Evaluation, methods: Sequence[str] | None = None, panel: float = 1.8) -> Figure:
+    """Qualitative results: per category the first good test image and the first image of the first
+    `EXAMPLE_DEFECTS` defect types; columns: image with the ground-truth outline, then each method's
     anomaly map over the image, each with a colour bar. Colour scale per method and category from its
-    maps of the good test images (`Evaluation.normal_scales`: 1st..99.9th percentile), so red means
+    maps of the good test images (`MethodResult.normal_scale`: 1st..99.9th percentile), so red means
     "beyond the most extreme normal pixels" in every method and outliers cannot wash a method out."""
     methods = method_names() if methods is None else tuple(methods)
-    rows = [(data, index) for _, data in evaluation.categories for index in pick_examples(data.test, n_defective)]
+    rows = [(category, test, index) for category, test in evaluation.tests.items()
+            for index in example_indices(test, EXAMPLE_DEFECTS)]
     fig, axes = plt.subplots(len(rows), 1 + len(methods), figsize=(panel * 1.25 * (1 + len(methods)) + 0.4,
                                                                    panel * len(rows) + 0.7), squeeze=False)
-    for r, (data, index) in enumerate(rows):
-        sample = data.test[index]
+    for r, (category, test, index) in enumerate(rows):
+        sample = test[index]
         image, mask = sample["image"], sample["mask"][0].numpy()
-        label = f"{data.name}\n{data.test.samples[index].defect_type}"
+        label = f"{category}\n{test.samples[index].defect_type}"
         axes[r, 0].imshow(np.clip(image.permute(1, 2, 0).numpy(), 0, 1))
         if mask.any():
             axes[r, 0].contour(mask, levels=[0.5], colors="red", linewidths=0.8)
         axes[r, 0].set_ylabel(label, fontsize=8)
         for c, method in enumerate(methods, start=1):
-            predictions = evaluation.predictions[(data.name, method)]
-            vmin, vmax = evaluation.normal_scales[(data.name, method)]
-            axes[r, c].imshow(overlay(image, predictions.maps[index], vmin, vmax))
+            outcome = evaluation.outcomes[(category, method)]
+            vmin, vmax = outcome.normal_scale
+            axes[r, c].imshow(overlay(image, outcome.example_maps[index], vmin, vmax))
             bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap="jet"), ax=axes[r, c], fraction=0.046,
                                pad=0.03, ticks=[vmin, vmax])
             bar.ax.set_yticklabels([f"{vmin:.3g}", f"{vmax:.3g}"], fontsize=6)
             if mask.any():
                 axes[r, c].contour(mask, levels=[0.5], colors="white", linewidths=0.7)
-            axes[r, c].set_title(f"score {float(predictions.scores[index]):.3g}", fontsize=7)
+            axes[r, c].set_title(f"score {float(outcome.scores[index]):.3g}", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -154,16 +154,6 @@ def projection_figure(panels: Sequence[tuple[str, np.ndarray, FinchHierarchy, in
 # --------------------------------------------------------------------------- 04: network checks
 
 
-def pick_examples(dataset, n_defective: int = 2) -> list[int]:
-    """Indices of the first good test image and the first image of the first ``n_defective`` defect types."""
-    first_of: dict[str, int] = {}
-    for i, record in enumerate(dataset.samples):
-        first_of.setdefault(record.defect_type, i)
-    picks = [first_of["good"]] if "good" in first_of else []
-    picks += [first_of[d] for d in sorted(first_of) if d != "good"][:n_defective]
-    return picks
-
-
 def anomaly_map_figure(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, float]],
                        vmin: float, vmax: float, panel: float = 2.1) -> Figure:
     """One row per example: image, ground-truth mask, anomaly map (shared colour scale), overlay.

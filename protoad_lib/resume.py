@@ -1,0 +1,63 @@
+"""Results of a long run kept as they come, one file per unit of work, so a rerun redoes only what is missing.
+
+A unit is e.g. (category, method) of the evaluation or a category of the ablations. Its file holds the
+settings it was computed with; a rerun with other settings (backbone, image size, method options, ...)
+treats it as missing and computes it again, and `redo=True` ignores every stored unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .atomic import atomic_output
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """A short stable digest of JSON-able settings (key order does not matter)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResultStore:
+    """Per-unit results on disk under `directory`, valid for one set of `settings`."""
+
+    def __init__(self, directory: str | Path, settings: Mapping[str, Any], redo: bool = False) -> None:
+        self.directory = Path(directory)
+        self.settings = json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
+        self.digest = settings_digest(self.settings)
+        self.redo = redo
+
+    def path(self, *unit: str) -> Path:
+        name = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", part) for part in unit)
+        return self.directory / f"{name}.pt"
+
+    def load(self, *unit: str) -> Any | None:
+        """The stored result of `unit`, or None when it is missing, was computed with other settings,
+        cannot be read (e.g. cut short by a crash before the atomic rename), or `redo` is set."""
+        path = self.path(*unit)
+        if self.redo or not path.is_file():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - an unreadable file is recomputed, not fatal
+            return None
+        if not isinstance(stored, dict) or stored.get("settings_digest") != self.digest:
+            return None
+        return stored["result"]
+
+    def save(self, result: Any, *unit: str) -> Path:
+        """Store `result` for `unit` atomically (a temporary file, then a rename)."""
+        path = self.path(*unit)
+        payload = {"settings_digest": self.digest, "settings": self.settings, "result": result}
+        with atomic_output(path) as temporary:
+            torch.save(payload, temporary)
+        return path
+
+    def done(self, *unit: str) -> bool:
+        return self.load(*unit) is not None

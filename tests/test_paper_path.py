@@ -1,0 +1,72 @@
+"""The paper path on tiny data in the real layouts: resumable evaluation, and all seven notebooks end to end."""
+
+from functools import partial
+
+import pandas as pd
+import pytest
+
+from protoad_lib.experiments import comparison
+from protoad_lib.run import run_notebooks
+from protoad_lib.session import RunSetup, setup
+
+CATEGORIES = ["bottle", "grid", "01", "02"]
+
+
+def paper_run(paper_layout, results_dir, **options):
+    return setup("paper", CATEGORIES, backbone="efficientnet_lite0", data_root=paper_layout,
+                 results_dir=results_dir, smoke=True, **options)
+
+
+def test_an_interrupted_run_restarted_redoes_no_finished_category(paper_layout, tmp_path, monkeypatch):
+    """One method (PaDiM, the quickest) is enough: what is stored and skipped does not depend on the method."""
+    calls, loads = [], []
+    original_score, original_load = comparison.score_method, RunSetup.load
+    evaluate = partial(comparison.evaluate_run, methods=("padim",))
+
+    def counting_score(backbone, data, dataset, method, options, device=None):
+        calls.append((data.name, method))
+        if data.name == "01" and interrupt[0]:
+            raise KeyboardInterrupt  # the machine goes away in the middle of category 01
+        return original_score(backbone, data, dataset, method, options, device)
+
+    def counting_load(self, spec, category):
+        loads.append(category)
+        return original_load(self, spec, category)
+
+    monkeypatch.setattr(comparison, "score_method", counting_score)
+    monkeypatch.setattr(RunSetup, "load", counting_load)
+    interrupt = [True]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(paper_run(paper_layout, tmp_path))
+    assert {category for category, _ in calls} == {"bottle", "grid", "01"}
+
+    calls.clear(), loads.clear()
+    interrupt[0] = False
+    resumed = evaluate(paper_run(paper_layout, tmp_path))
+    assert {category for category, _ in calls} == {"01", "02"}  # bottle and grid came from the store
+    assert loads == ["01", "02"]  # finished categories are not even loaded
+    assert len(resumed.results) == 4 and set(resumed.results["category"]) == set(CATEGORIES)
+
+    calls.clear()
+    redone = evaluate(paper_run(paper_layout, tmp_path, redo=True))
+    assert len(calls) == 4
+    pd.testing.assert_frame_equal(redone.results.drop(columns="k"), resumed.results.drop(columns="k"))
+
+    calls.clear()
+    evaluate(paper_run(paper_layout, tmp_path), options={"padim": {"epsilon": 0.02}})
+    assert len(calls) == 4  # other method options: nothing stored is reused
+
+
+def test_all_seven_notebooks_run_on_the_paper_layouts(paper_layout, tmp_path):
+    results = run_notebooks("paper", results_dir=tmp_path, stream=False, log=lambda text: None,
+                            parameters={"categories": CATEGORIES, "backbone": "efficientnet_lite0",
+                                        "data_root": str(paper_layout), "smoke": True})
+    assert [r.name[:2] for r in results] == ["01", "02", "03", "04", "05", "06", "07"]
+    out = tmp_path / "paper"
+    table = pd.read_csv(out / "05_results.csv", dtype={"category": str})
+    assert set(table["category"]) == {*CATEGORIES, "mean of 2 categories"}
+    assert table["image_auroc"].between(0, 1).all()
+    counts = pd.read_csv(out / "01_counts.csv", dtype={"category": str})
+    assert set(counts["category"]) == set(CATEGORIES)
+    assert (out / "05_overlays.png").is_file() and (out / "07_summary.csv").is_file()
+    assert (out / "html" / "index.html").read_text().count("<li>") == 7
