@@ -1,5 +1,6 @@
-"""ProtoAD ablations on cached embeddings (layers, FINCH level, clustering, subsampling, size, sigma, score rule).
+"""ProtoAD's ablations on cached embeddings, and N-pad's (`npad_ablations`) in the same run (notebook 07).
 
+ProtoAD: layers, FINCH level, clustering method, subsampling, image size, sigma, image-score rule.
 Every ablation takes the categories' cached stride-4 embeddings (`evaluation.CategoryData`), changes one
 setting of ProtoAD at a time, and returns a DataFrame with one row per (setting, category) and the
 columns of `METRIC_COLUMNS` (fractions in 0..1, exact floats: round them for display). Everything is
@@ -24,6 +25,7 @@ from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
 from ..profiles import DatasetSpec, Profile
 from ..session import RunSetup
+from .npad_ablations import NPAD_SWEEPS, npad_ablation
 
 #: The metrics every ablation reports (fractions).
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro")
@@ -42,6 +44,7 @@ class AblationPlan:
     image_size_categories: int | None = None  # how many categories get re-extracted (None: all)
     sigmas: tuple[float, ...] = (0, 2, 4, 8)
     image_score_rules: tuple[str, ...] = ("max", "mean_top1pct")
+    npad_sweeps: tuple[tuple[str, tuple], ...] = NPAD_SWEEPS
 
     def config(self, seed: int = 0) -> ProtoADConfig:
         """The reference ProtoAD configuration every ablation starts from."""
@@ -61,7 +64,9 @@ def ablation_plan(profile: Profile) -> AblationPlan:
     if profile.smoke:  # every ablation runs, each with its fewest settings
         return AblationPlan(max_vectors=budget, layer_subsets=((1, 2, 3), (2, 3)), clustering_methods=("finch", "kmeans"),
                             strategies=("stratified",), budgets=(budget,), image_sizes=(48, 64),
-                            image_size_categories=1, sigmas=(0, 4), image_score_rules=("max",))
+                            image_size_categories=1, sigmas=(0, 4), image_score_rules=("max",),
+                            npad_sweeps=(("radius", (0, 1)), ("n_centroids", (0, 16)),
+                                         ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))))
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
                         image_size_categories=1 if profile.name == "demo" else None)
@@ -315,7 +320,7 @@ def image_score_ablation(backbone: Backbone, categories: Sequence[CategoryData],
 # --------------------------------------------------------------------------- a whole run
 
 
-ABLATIONS = ("layers", "finch_level", "clustering", "subsampling", "image_size", "sigma", "image_score")
+ABLATIONS = ("layers", "finch_level", "clustering", "subsampling", "image_size", "sigma", "image_score", "npad")
 
 
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
@@ -331,6 +336,7 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
         "subsampling": subsampling_ablation(backbone, [data], plan.strategies, plan.budgets, config, fits),
         "sigma": sigma_ablation(backbone, [data], plan.sigmas, config, fits),
         "image_score": image_score_ablation(backbone, [data], plan.image_score_rules, config, fits),
+        "npad": npad_ablation(backbone, data, plan.npad_sweeps),
     }
     if with_image_size:
         tables["image_size"] = image_size_ablation(

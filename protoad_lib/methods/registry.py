@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..backbones import Backbone
 from .base import AnomalyDetector
+from .npad import NPad
 from .padim import PaDiM
 from .patchcore import PatchCore
 from .protoad import ProtoAD
@@ -53,6 +54,9 @@ REGISTRY: dict[str, MethodSpec] = {
                    variant_of="patchcore", colour="tab:red"),
         MethodSpec("padim", "PaDiM", PaDiM, summary="per-position Gaussians, Mahalanobis distance",
                    colour="tab:green", published=("PaDiM", "Rd550")),
+        MethodSpec("npad", "N-pad (reconstructed)", NPad,
+                   summary="N-pad reconstructed from its abstract: neighbourhood-pooled Gaussians + nominal centroids",
+                   colour="tab:purple", published=("N-pad", "as published")),
     )
 }
 

@@ -25,9 +25,8 @@ def ablation_table(table: pd.DataFrame, decimals: int = 4, with_mean: bool = Tru
     integers = [c for c in out.columns if pd.api.types.is_integer_dtype(out[c])]
     flags = [c for c in out.columns if pd.api.types.is_bool_dtype(out[c])]
     if with_mean and out["category"].nunique() > 1:
-        means = out.groupby("setting", sort=False)[list(METRIC_COLUMNS)].mean().reset_index()
+        means = out.groupby(["ablation", "setting"], sort=False)[list(METRIC_COLUMNS)].mean().reset_index()
         means["category"] = "mean"
-        means["ablation"] = out["ablation"].iloc[0]
         out = pd.concat([out, means], ignore_index=True)
         order = {s: i for i, s in enumerate(dict.fromkeys(table["setting"]))}
         out["_s"] = out["setting"].map(order)

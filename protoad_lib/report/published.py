@@ -42,6 +42,8 @@ def _short_source(row: pd.Series) -> str:
         return "Roth et al. CVPR 2022 (paper)"
     if source.startswith("Defard et al."):
         return "Defard et al. ICPR-W 2020 (paper)"
+    if source.startswith("Jang, Hwang, Park"):
+        return "Jang et al. CVPR-W 2023 (abstract)"
     return source.split(",")[0]
 
 

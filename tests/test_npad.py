@@ -1,0 +1,233 @@
+"""N-pad (reconstructed): pooled moments against brute force, PaDiM at radius 0, centroids, fusion, persistence."""
+
+import json
+
+import pytest
+import torch
+
+from protoad_lib.backbones import load_backbone
+from protoad_lib.checkpoint import read_checkpoint, save_detector
+from protoad_lib.data import AnomalyDataset
+from protoad_lib.methods import PaDiM
+from protoad_lib.methods.npad import (NPad, column_windows, fuse, holdout_split, pooled_moments, spd_inverse,
+                                      window_sum)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return load_backbone("resnet18", weights="random")
+
+
+def random_features(count: int, channels: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """Features with a position-dependent mean and channel correlations, like a real embedding."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(channels, channels, generator=generator)
+    noise = torch.einsum("ij,njhw->nihw", mixing, torch.randn(count, channels, height, width, generator=generator))
+    return noise + 3 * torch.randn(1, channels, height, width, generator=generator)
+
+
+def detector(backbone, **options) -> NPad:
+    npad = NPad(backbone, n_features=6, **options)
+    npad.progress = False
+    return npad
+
+
+# --- pooled Gaussians ----------------------------------------------------------------------------
+
+
+def brute_force_moments(features: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [h, w, d] and unbiased covariance [h, w, d, d] of every in-bounds neighbour of every image, by loops."""
+    _, channels, height, width = features.shape
+    means = torch.zeros(height, width, channels, dtype=torch.float64)
+    covariances = torch.zeros(height, width, channels, channels, dtype=torch.float64)
+    for y in range(height):
+        for x in range(width):
+            pooled = [features[:, :, y + dy, x + dx] for dy in range(-radius, radius + 1)
+                      for dx in range(-radius, radius + 1) if 0 <= y + dy < height and 0 <= x + dx < width]
+            vectors = torch.cat(pooled).double()
+            means[y, x] = vectors.mean(dim=0)
+            covariances[y, x] = torch.cov(vectors.T)
+    return means, covariances
+
+
+def collect(features: torch.Tensor, radius: int, images=None, band_rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+    bands = list(pooled_moments(features, radius, images, band_rows))
+    starts = [y0 for y0, _, _ in bands]
+    assert starts == list(range(0, features.shape[2], band_rows or features.shape[2]))
+    return torch.cat([mean for _, mean, _ in bands]), torch.cat([cov for _, _, cov in bands])
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_pooled_moments_equal_brute_force_over_neighbours(radius):
+    features = random_features(3, 4, 5, 6, seed=0)
+    expected_means, expected_covariances = brute_force_moments(features, radius)
+    for band_rows in (None, 1, 2):  # bands of rows (with their halo) do not change anything
+        means, covariances = collect(features, radius, band_rows=band_rows)
+        torch.testing.assert_close(means, expected_means, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(covariances, expected_covariances, rtol=1e-5, atol=1e-5)
+    # A subset of the images is the same as pooling that subset.
+    subset = torch.tensor([0, 2])
+    for ours, expected in zip(collect(features, radius, subset, 2), brute_force_moments(features[subset], radius)):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_window_sum_and_column_windows():
+    values = torch.arange(5.0)
+    assert window_sum(values, 1, 0).tolist() == [1, 3, 6, 9, 7]
+    assert window_sum(values, 9, 0).tolist() == [10] * 5
+    assert torch.equal(window_sum(values, 0, 0), values)
+    assert column_windows(7, 1, 3) == [(0, 3, 0, 4), (3, 6, 2, 7), (6, 7, 5, 7)]
+    assert column_windows(7, 2, 100) == [(0, 7, 0, 7)]
+
+
+def test_radius_zero_without_centroids_is_padim(backbone):
+    train = random_features(8, 6, 4, 5, seed=1)
+    test = random_features(3, 6, 4, 5, seed=2) * 1.3
+    padim = PaDiM(backbone, n_features=6).fit_features(train)
+    npad = detector(backbone, radius=0, n_centroids=0).fit_features(train)
+    assert torch.equal(npad.gaussian.channel_index, padim.channel_index)
+    torch.testing.assert_close(npad.gaussian.mean, padim.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(npad.patch_scores(test), padim.patch_scores(test), rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        maps, scores = npad.maps_and_scores(npad.patch_scores(test), (32, 40))
+        padim_maps, padim_scores = padim.maps_and_scores(padim.patch_scores(test), (32, 40))
+    torch.testing.assert_close(maps, padim_maps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores, padim_scores, rtol=1e-4, atol=1e-5)
+    # Same default channel subset as PaDiM on the real embedding.
+    assert torch.equal(NPad(backbone).gaussian.channel_index, PaDiM(backbone).channel_index)
+
+
+def test_column_windows_do_not_change_the_fit(backbone):
+    train = random_features(4, 6, 5, 7, seed=3)
+    whole = detector(backbone, radius=1, n_centroids=0).fit_features(train)
+    windowed = detector(backbone, radius=1, n_centroids=0, chunk_size=6).fit_features(train)  # 2 columns, 1 row
+    assert windowed.block_positions(4) == 6 and whole.block_positions(4) > 35
+    torch.testing.assert_close(windowed.gaussian.mean, whole.gaussian.mean)
+    torch.testing.assert_close(windowed.gaussian.cov_inv, whole.gaussian.cov_inv, rtol=1e-5, atol=1e-6)
+
+
+def test_min_neighbourhood(backbone):
+    train = random_features(6, 6, 5, 5, seed=4)
+    test = random_features(2, 6, 5, 5, seed=5)
+    pooled0 = detector(backbone, radius=0, n_centroids=0).fit_features(train)
+    min0 = detector(backbone, radius=0, n_centroids=0, test_neighbourhood="min").fit_features(train)
+    assert torch.equal(min0.patch_scores(test), pooled0.patch_scores(test))
+
+    pooled = detector(backbone, radius=1, n_centroids=0).fit_features(train)
+    lowest = detector(backbone, radius=1, n_centroids=0, test_neighbourhood="min").fit_features(train)
+    own, best = pooled.patch_scores(test), lowest.patch_scores(test)
+    assert (best <= own).all() and (best < own).any()
+    # Brute force at one interior and one corner position.
+    for y, x in ((2, 2), (0, 4)):
+        candidates = []
+        for qy in range(max(0, y - 1), min(5, y + 2)):
+            for qx in range(max(0, x - 1), min(5, x + 2)):
+                difference = test[:, :, y, x] - pooled.gaussian.mean[:, qy, qx]
+                inverse = pooled.gaussian.cov_inv[qy * 5 + qx]
+                candidates.append(((difference @ inverse) * difference).sum(dim=1).sqrt())
+        torch.testing.assert_close(best[:, y, x], torch.stack(candidates).min(dim=0).values, rtol=1e-4, atol=1e-5)
+
+
+# --- centroids and fusion ------------------------------------------------------------------------
+
+
+def test_centroid_score_is_the_nearest_centroid_distance(backbone):
+    train = random_features(5, 6, 4, 4, seed=6)
+    test = random_features(2, 6, 4, 4, seed=7)
+    npad = detector(backbone, radius=0, n_centroids=7, centroid_vectors=50).fit_features(train)
+    assert npad.centroids.shape == (7, 6)
+    queries = test.permute(0, 2, 3, 1).reshape(-1, 6).double()
+    expected = torch.cdist(queries, npad.centroids.double()).min(dim=1).values.view(2, 4, 4).float()
+    torch.testing.assert_close(npad.centroid_distances(test), expected, rtol=1e-5, atol=1e-5)
+    again = detector(backbone, radius=0, n_centroids=7, centroid_vectors=50).fit_features(train)
+    assert torch.equal(again.centroids, npad.centroids)  # seeded subsample and k-means
+    assert npad.sample_vectors(train, None).shape == (50, 6)
+    assert detector(backbone, n_centroids=500).fit_features(train).centroids.shape == (80, 6)  # K <= vectors
+
+
+def test_holdout_split_is_seeded_disjoint_and_never_empty():
+    fit, held = holdout_split(10, 0.2, seed=3)
+    assert len(held) == 2 and len(fit) == 8 and not set(fit.tolist()) & set(held.tolist())
+    assert torch.equal(holdout_split(10, 0.2, seed=3)[1], held)
+    assert not all(torch.equal(holdout_split(10, 0.2, seed=s)[1], held) for s in range(4, 8))
+    assert len(holdout_split(3, 0.01, seed=0)[1]) == 1 and len(holdout_split(4, 0.9, seed=0)[0]) == 2
+    assert all(torch.equal(part, torch.arange(2)) for part in holdout_split(2, 0.2, seed=0))
+
+
+def test_standardisation_comes_from_the_held_out_images(backbone):
+    train = random_features(6, 6, 4, 4, seed=8)
+    npad = detector(backbone, radius=1, n_centroids=4, centroid_vectors=60).fit_features(train)
+    fit, held = holdout_split(6, npad.holdout, npad.seed)
+    reference = detector(backbone, radius=1, n_centroids=4, centroid_vectors=60)
+    reference.fit_terms(train, fit, "")
+    gauss, centroid = reference.term_scores(train[held])
+    expected = torch.tensor([[gauss.mean(), gauss.std(unbiased=False)], [centroid.mean(), centroid.std(unbiased=False)]])
+    torch.testing.assert_close(npad.score_stats, expected)
+    # The final terms are refitted on every image: the k-means differs from the held-out fit's.
+    assert not torch.equal(npad.centroids, reference.centroids)
+    test = random_features(2, 6, 4, 4, seed=9)
+    raw_gauss, raw_centroid = npad.term_scores(test)
+    z_gauss = (raw_gauss - expected[0, 0]) / expected[0, 1]
+    z_centroid = (raw_centroid - expected[1, 0]) / expected[1, 1]
+    torch.testing.assert_close(npad.patch_scores(test), z_gauss + z_centroid)
+
+
+def test_fusion_rules():
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randn(2, 3, 4, generator=generator), torch.randn(2, 3, 4, generator=generator)
+    assert torch.equal(fuse(first, second, "sum", 0.5), first + second)
+    highest = fuse(first, second, "max", 0.5)
+    assert (highest >= first).all() and (highest >= second).all() and torch.equal(highest, torch.maximum(first, second))
+    torch.testing.assert_close(fuse(first, second, "weighted", 0.3), 0.7 * first + 0.3 * second)
+    with pytest.raises(ValueError):
+        fuse(first, second, "mean", 0.5)
+
+
+# --- persistence and end to end ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{"n_centroids": 5, "fusion": "max", "test_neighbourhood": "min"},
+                                     {"n_centroids": 0, "radius": 2}])
+def test_from_state_reproduces_maps_exactly(backbone, options, tmp_path):
+    train, test = random_features(5, 6, 4, 4, seed=10), random_features(2, 6, 4, 4, seed=11)
+    npad = detector(backbone, centroid_vectors=40, **options).fit_features(train)
+    config = json.loads(json.dumps(npad.config()))
+    assert config == npad.config() and config["n_features"] == 6
+    _, tensors = read_checkpoint(save_detector(npad, tmp_path / "npad.safetensors"))
+    assert tensors["centroids"].shape == (options["n_centroids"], 6)
+    restored = NPad.from_state(backbone, config, tensors)
+    assert restored.config() == npad.config()
+    assert torch.equal(restored.patch_scores(test), npad.patch_scores(test))
+    with torch.inference_mode():
+        assert torch.equal(restored.maps_and_scores(restored.patch_scores(test), (16, 16))[0],
+                           npad.maps_and_scores(npad.patch_scores(test), (16, 16))[0])
+
+
+def test_invalid_options_are_refused(backbone):
+    for options in ({"fusion": "mean"}, {"test_neighbourhood": "all"}, {"radius": -1}, {"holdout": 1.0}):
+        with pytest.raises(ValueError):
+            NPad(backbone, **options)
+    with pytest.raises(ValueError, match="at least 2"):
+        detector(backbone, radius=0, n_centroids=0).fit_features(random_features(1, 6, 3, 3, seed=0))
+
+
+def test_end_to_end_on_the_tiny_benchmark(tiny_benchmark, random_lite0):
+    train = AnomalyDataset(tiny_benchmark, "weave", "train", resize=96, crop=96)
+    test = AnomalyDataset(tiny_benchmark, "weave", "test", resize=96, crop=96)
+    npad = NPad(random_lite0, n_centroids=8)
+    npad.progress = False
+    npad.fit(train, batch_size=4, progress=False)
+    assert npad.gaussian.mean.shape == (npad.gaussian.n_features, 24, 24)
+    assert npad.gaussian.cov_inv.shape == (24 * 24, npad.gaussian.n_features, npad.gaussian.n_features)
+    predictions = npad.predict(test, batch_size=4, progress=False)
+    assert predictions.maps.shape == (len(test), 96, 96) and predictions.scores.shape == (len(test),)
+    assert torch.isfinite(predictions.maps).all() and torch.isfinite(predictions.scores).all()
+    assert (npad.score_stats[:, 1] > 0).all()
+
+
+def test_spd_inverse_equals_the_lu_inverse():
+    generator = torch.Generator().manual_seed(12)
+    factors = torch.randn(7, 5, 9, generator=generator, dtype=torch.float64)
+    matrices = factors @ factors.transpose(1, 2) + 0.01 * torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(spd_inverse(matrices), torch.linalg.inv(matrices), rtol=1e-9, atol=1e-9)
