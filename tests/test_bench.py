@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from protoad_lib.experiments import bench, measure, scaling
+from protoad_lib.methods import bench_names
 
 ROW_KEYS = {"method", "batch_size", "images_per_s", "p50_ms", "p95_ms", "min_ms", "head_ms", "peak_mem_mb", "fit_s",
             "k", "state_mb", "infer_peak_mb", "fit_peak_mem_mb"}
@@ -85,13 +86,12 @@ def test_benchmark_json_shape(result):
     assert ENV_KEYS <= set(result["env"])
     assert result["env"]["device"] == "cpu"
     rows = result["results"]
-    expected_methods = ["backbone", "protoad", "patchcore_10", "patchcore_1", "padim"]
-    if result["env"]["anomalib"] is not None:
-        expected_methods += ["anomalib_patchcore", "anomalib_padim"]
+    registered = ["backbone", *bench_names()]
+    expected_methods = registered + (["anomalib_patchcore", "anomalib_padim"] if result["env"]["anomalib"] else [])
     pairs = [(r["method"], r["batch_size"]) for r in rows]
     assert len(pairs) == len(set(pairs))
     assert {m for m, _ in pairs} <= set(expected_methods)
-    for method in expected_methods[:5]:
+    for method in registered:
         assert [b for m, b in pairs if m == method] == [1, 2]
     for row in rows:
         assert ROW_KEYS <= set(row)
