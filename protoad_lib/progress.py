@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable
 
-from tqdm.auto import tqdm
+with warnings.catch_warnings():  # a kernel without ipywidgets warns "IProgress not found" on import
+    warnings.simplefilter("ignore")
+    from tqdm.auto import tqdm
 
 
 def bars_disabled_by_environment() -> bool:
