@@ -58,6 +58,3 @@ class ResultStore:
         with atomic_output(path) as temporary:
             torch.save(payload, temporary)
         return path
-
-    def done(self, *unit: str) -> bool:
-        return self.load(*unit) is not None

@@ -127,12 +127,6 @@ class RunSetup:
                              batch_size=self.profile.batch_size, device=self.device, cache=self.cache,
                              dataset_name=spec.name, progress=False)
 
-    def load_all(self, categories: Sequence[str] | None = None) -> list[tuple[str, CategoryData]]:
-        """`(dataset name, CategoryData)` for the run's categories (or the named subset of them), all in memory:
-        for the demo's small categories; a paper-scale run goes category by category (`each_category`)."""
-        return [(spec.name, self.load(spec, category)) for spec, category in self.categories
-                if categories is None or category in categories]
-
     def each_category(self, what: str = "categories") -> Iterator[tuple[DatasetSpec, str]]:
         """The run's categories one at a time, with a progress bar (elapsed, estimate of the time left)
         unless the run is quiet; load a category's data inside the loop so only one is in memory."""
