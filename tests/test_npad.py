@@ -110,11 +110,11 @@ def test_column_windows_do_not_change_the_fit(backbone):
 def test_min_neighbourhood(backbone):
     train = random_features(6, 6, 5, 5, seed=4)
     test = random_features(2, 6, 5, 5, seed=5)
-    pooled0 = detector(backbone, radius=0, n_centroids=0).fit_features(train)
+    pooled0 = detector(backbone, radius=0, n_centroids=0, test_neighbourhood="pooled").fit_features(train)
     min0 = detector(backbone, radius=0, n_centroids=0, test_neighbourhood="min").fit_features(train)
     assert torch.equal(min0.patch_scores(test), pooled0.patch_scores(test))
 
-    pooled = detector(backbone, radius=1, n_centroids=0).fit_features(train)
+    pooled = detector(backbone, radius=1, n_centroids=0, test_neighbourhood="pooled").fit_features(train)
     lowest = detector(backbone, radius=1, n_centroids=0, test_neighbourhood="min").fit_features(train)
     own, best = pooled.patch_scores(test), lowest.patch_scores(test)
     assert (best <= own).all() and (best < own).any()
@@ -188,7 +188,7 @@ def test_fusion_rules():
 
 
 @pytest.mark.parametrize("options", [{"n_centroids": 5, "fusion": "max", "test_neighbourhood": "min"},
-                                     {"n_centroids": 0, "radius": 2}])
+                                     {"n_centroids": 0, "radius": 2, "test_neighbourhood": "pooled"}])
 def test_from_state_reproduces_maps_exactly(backbone, options, tmp_path):
     train, test = random_features(5, 6, 4, 4, seed=10), random_features(2, 6, 4, 4, seed=11)
     npad = detector(backbone, centroid_vectors=40, **options).fit_features(train)
@@ -202,6 +202,13 @@ def test_from_state_reproduces_maps_exactly(backbone, options, tmp_path):
     with torch.inference_mode():
         assert torch.equal(restored.maps_and_scores(restored.patch_scores(test), (16, 16))[0],
                            npad.maps_and_scores(npad.patch_scores(test), (16, 16))[0])
+
+
+def test_default_options(backbone):
+    assert NPad(backbone).options() == {
+        "n_features": 100, "seed": 1024, "epsilon": 0.01, "chunk_size": None, "radius": 2, "test_neighbourhood": "min",
+        "n_centroids": 64, "centroid_vectors": 100_000, "fusion": "sum", "centroid_weight": 0.5, "holdout": 0.2,
+    }
 
 
 def test_invalid_options_are_refused(backbone):
