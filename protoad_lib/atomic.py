@@ -1,4 +1,5 @@
-"""Atomic file output: write a temporary file beside the target, then rename it into place."""
+"""Safe saved state: atomic file output (a temporary file beside the target, renamed into place), and the
+warning given when a stored file cannot be trusted and is recomputed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+class CacheWarning(UserWarning):
+    """A stored file (cache entry, stored result) was unreadable or not what its name says: recomputed."""
 
 
 def _umask() -> int:
@@ -32,3 +37,10 @@ def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write a text file (UTF-8) through `atomic_output`: readers see the old or the new file, never half."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,18 @@ class Backbone(nn.Module):
     @property
     def out_channels(self) -> int:
         return sum(self.channels)
+
+    def weights_digest(self) -> str:
+        """A digest of every parameter and buffer (weights and normalisation), computed once per backbone:
+        two backbones with the same name but other weights never share cached features."""
+        if getattr(self, "_weights_digest", None) is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.state_dict().items()):
+                values = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{values.dtype}:{tuple(values.shape)};".encode())
+                digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._weights_digest = digest.hexdigest()[:16]
+        return self._weights_digest
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         return (images01 - self.mean) / self.std

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import warnings
@@ -15,7 +16,9 @@ from .atomic import atomic_output
 from .backbones import Backbone, load_backbone
 from .methods import AnomalyDetector, checkpoint_class
 
-FORMAT_VERSION = 2  # 2: sigma moved into the method config
+FORMAT_VERSION = 3  # 2: sigma moved into the method config; 3: a SHA-256 of tensors + metadata, verified on load
+OLDEST_READABLE_VERSION = 2
+DIGEST_KEY = "protoad_sha256"
 
 
 class CheckpointError(ValueError):
@@ -38,30 +41,56 @@ def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int)
     }
 
 
+def content_digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the metadata text and every tensor's name, dtype, shape and bytes (in name order)."""
+    digest = hashlib.sha256(metadata_json.encode())
+    for name in sorted(tensors):
+        values = tensors[name].detach().cpu().contiguous()
+        digest.update(f";{name}:{values.dtype}:{tuple(values.shape)}:".encode())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int = 224, resize: int = 256) -> Path:
     """One file: the fitted tensors (prototypes, memory bank, Gaussians) and what rebuilds the network."""
     path = Path(path)
-    metadata = {"protoad": json.dumps(checkpoint_metadata(detector, image_size, resize))}
+    text = json.dumps(checkpoint_metadata(detector, image_size, resize))
     tensors = {name: value.contiguous() for name, value in detector.state_tensors().items()}
+    metadata = {"protoad": text, DIGEST_KEY: content_digest(text, tensors)}
     with atomic_output(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metadata and tensors of a checkpoint file, with clear errors for a missing or foreign file."""
+    """The metadata and tensors of a checkpoint file, verified against the digest stored in it; clear errors
+    for a missing, foreign, damaged or too new file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("protoad")
+            stored = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        raw = stored.get("protoad")
+        metadata = json.loads(raw) if raw is not None else None
     except Exception as error:  # noqa: BLE001 - safetensors raises several kinds on a bad file
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({error}).") from error
-    if raw is None:
+    if not isinstance(metadata, dict):
         raise CheckpointError(f"{path} has no ProtoAD metadata; it was not written by save_detector.")
-    return json.loads(raw), tensors
+    version = metadata.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer protoad_lib (checkpoint format {version}; this one "
+                              f"reads formats {OLDEST_READABLE_VERSION}-{FORMAT_VERSION}): upgrade protoad_lib.")
+    if version < OLDEST_READABLE_VERSION:
+        raise CheckpointError(f"{path} has the old checkpoint format {version}; fit it again with `protoad fit`.")
+    if version >= 3 and stored.get(DIGEST_KEY) != content_digest(raw, tensors):
+        raise CheckpointError(f"{path} is damaged: its tensors or metadata do not match the SHA-256 stored in it. "
+                              "Restore a good copy or fit it again.")
+    if version < 3:
+        warnings.warn(f"{path} (format {version}) carries no digest, so it cannot be checked for damage; "
+                      "save it again to add one.", stacklevel=2)
+    return metadata, tensors
 
 
 def load_detector(path: str | Path, backbone: Backbone | None = None) -> tuple[AnomalyDetector, dict]:

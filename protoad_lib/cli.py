@@ -1,4 +1,4 @@
-"""The `protoad` command line: fit, predict, evaluate, bench."""
+"""The `protoad` command line: fit, predict, evaluate, bench, cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text_atomically
 from .experiments.measure import peak_rss_mb
 from .methods import REGISTRY, bench_names, method_names
 
@@ -139,8 +140,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        write_text_atomically(args.json, json.dumps(metrics, indent=2) + "\n")
 
 
 def command_bench(args: argparse.Namespace) -> None:
@@ -164,6 +164,19 @@ def command_bench(args: argparse.Namespace) -> None:
         print(f"batch {batch_size}: " + ", ".join(f"protoad/{name} {value:.2f}x" for name, value in ratios.items()))
     if args.json:
         save_json(result, args.json)
+
+
+def command_cache(args: argparse.Namespace) -> None:
+    from .caches import cache_folders, describe
+
+    kinds = [kind for kind in ("features", "results") if getattr(args, kind)] or ["features", "results"]
+    folders = cache_folders(args.data_dir, args.results_dir, kinds)
+    if args.action == "list":
+        print(describe(folders, with_files=args.files))
+        return
+    for folder in folders:
+        count, freed = folder.clear()
+        print(f"removed {count} files ({freed / 2**20:.1f} MB) from {folder.path}")
 
 
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", action="store_true", help="also head cost vs K and PatchCore search vs bank size")
     bench.add_argument("--json")
     bench.set_defaults(handler=command_bench)
+
+    cache = commands.add_parser("cache", help="list or clear the feature cache and stored results of resumable runs")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("--features", action="store_true", help="only the feature cache")
+    cache.add_argument("--results", action="store_true", help="only the stored per-category results")
+    cache.add_argument("--data-dir", help="the data folder whose feature_cache/ is meant (default <repo>/data; "
+                                          "$PROTOAD_CACHE_DIR moves the cache)")
+    cache.add_argument("--results-dir", action="append",
+                       help="a run's results folder (repeatable; default every <repo>/results/* and $PROTOAD_RESULTS_DIR)")
+    cache.add_argument("--files", action="store_true", help="list: one line per file")
+    cache.set_defaults(handler=command_cache)
     return parser
 
 

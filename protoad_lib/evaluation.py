@@ -44,7 +44,7 @@ def load_category(
     start = time.perf_counter()
     embeddings = []
     for split, dataset in (("train", train), ("test", test)):
-        key = CacheKey.of(dataset_name, category, split, backbone, image_size, len(dataset), dataset.files_digest())
+        key = CacheKey.of(dataset_name, category, split, backbone, dataset)
         embeddings.append(embed_split(backbone, dataset, key, cache, batch_size, device, progress))
     masks = torch.stack([test[i]["mask"][0] for i in range(len(test))])
     labels = torch.tensor(test.labels)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic import atomic_output
+from .atomic import CacheWarning, atomic_output
 from .backbones import Backbone
 from .progress import progress_bar
 
@@ -32,9 +33,13 @@ def embed(backbone: Backbone, images01: torch.Tensor) -> torch.Tensor:
     return combine_layers(backbone(images01))
 
 
+#: Version of what `embed` computes from a backbone's maps; bump it when that changes, so caches miss.
+FEATURE_CODE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class CacheKey:
-    """Everything that determines a set of extracted features."""
+    """Everything that determines a set of extracted features: the files, the geometry, the network."""
 
     dataset: str
     category: str
@@ -45,17 +50,24 @@ class CacheKey:
     image_size: int
     n_images: int
     files: str = ""
+    resize: int = 0
+    weights_digest: str = ""
+    code_version: int = FEATURE_CODE_VERSION
 
     @classmethod
-    def of(cls, dataset: str, category: str, split: str, backbone: Backbone, image_size: int,
-           n_images: int, files: str = "") -> "CacheKey":
-        """The key of one dataset split embedded by `backbone`; `files` (`RecordDataset.files_digest()`)
-        keeps two different copies of a dataset under the same names apart, wherever they lie."""
-        return cls(dataset, category, split, backbone.name, backbone.weights, tuple(backbone.layers), image_size,
-                   n_images, files)
+    def of(cls, dataset_name: str, category: str, split: str, backbone: Backbone, data: Any,
+           content: bool = False) -> "CacheKey":
+        """The key of one dataset split embedded by `backbone`: its files (names, sizes and modification
+        times; their content too with `content=True`, see `RecordDataset.files_digest`), resize and crop,
+        the backbone's weights and normalisation (`Backbone.weights_digest`) and `FEATURE_CODE_VERSION`."""
+        return cls(dataset_name, category, split, backbone.name, backbone.weights, tuple(backbone.layers), data.crop,
+                   len(data), data.files_digest(content), data.resize, backbone.weights_digest())
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"layers": list(self.layers)}
 
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        text = json.dumps(self.as_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def filename(self) -> str:
@@ -104,7 +116,7 @@ def stack_batches(batches: Iterable[torch.Tensor], total: int | None = None) -> 
 
 
 class FeatureCache:
-    """Feature tensors on disk, keyed by dataset, category, split, backbone, layers and image size."""
+    """Feature tensors on disk, one file per `CacheKey` (see `protoad cache list|clear`)."""
 
     def __init__(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         self.directory = Path(directory)
@@ -114,18 +126,32 @@ class FeatureCache:
         return self.directory / key.filename()
 
     def load(self, key: CacheKey) -> torch.Tensor | None:
+        """The cached features of `key`, or None on a miss. An entry that cannot be read (cut short, zeroed)
+        or holds something else than its name says is reported, deleted and treated as a miss."""
         path = self.path(key)
         if not path.is_file():
             return None
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.get("key") != asdict(key) | {"layers": list(key.layers)}:
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            features = stored["features"]
+            problem = None
+            if stored.get("key") != key.as_dict():
+                problem = "it was written for other settings"
+            elif features.shape[0] != key.n_images:
+                problem = f"it holds {features.shape[0]} images, not {key.n_images}"
+        except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+            problem = f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        if problem is not None:
+            warnings.warn(f"Feature cache entry {path} is discarded because {problem}; recomputing it.",
+                          CacheWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
             return None
-        return stored["features"].float()
+        return features.float()
 
     def save(self, key: CacheKey, features: torch.Tensor) -> Path:
         """Write atomically: a temporary file in the same folder, then a rename."""
         path = self.path(key)
-        payload = {"key": asdict(key) | {"layers": list(key.layers)}, "features": features.to(self.dtype)}
+        payload = {"key": key.as_dict(), "features": features.to(self.dtype)}
         with atomic_output(path) as temporary:
             torch.save(payload, temporary)
         return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,6 +11,18 @@ from .data import BTAD_CATEGORIES, MVTEC_CATEGORIES
 from .data.synthetic import SYNTHETIC_CATEGORIES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Moves the feature cache (by default `<data folder>/feature_cache`), e.g. to a larger or faster disk.
+CACHE_DIR_VARIABLE = "PROTOAD_CACHE_DIR"
+#: Where a run writes its tables, figures and stored results when no `results_dir` is given.
+RESULTS_DIR_VARIABLE = "PROTOAD_RESULTS_DIR"
+
+
+def feature_cache_dir(data_dir: str | Path | None = None) -> Path:
+    """`$PROTOAD_CACHE_DIR` when set, else `<data_dir>/feature_cache` (`data_dir` None: `<repo>/data`)."""
+    moved = os.environ.get(CACHE_DIR_VARIABLE)
+    if moved:
+        return Path(moved).expanduser().resolve()
+    return Path(data_dir or REPO_ROOT / "data") / "feature_cache"
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class Profile:
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "feature_cache"
+        return feature_cache_dir(self.data_dir)
 
 
 PROFILES = {

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .atomic import atomic_output
+from .atomic import atomic_output, write_text_atomically
 from .profiles import PROFILES as PROFILE_SETTINGS
 from .profiles import REPO_ROOT
 
@@ -300,16 +300,14 @@ def write_html_report(results: Sequence[NotebookResult], html_dir: Path, profile
     for result in results:
         page, _ = exporter.from_notebook_node(nbformat.read(result.executed_path, as_version=4))
         target = html_dir / f"{result.name}.html"
-        with atomic_output(target, suffix=".tmp.html") as temporary:
-            temporary.write_text(page, encoding="utf-8")
+        write_text_atomically(target, page)
         rows.append(f'<li><a href="{html.escape(target.name)}">{html.escape(result.name)}</a> '
                     f"({result.seconds:.0f} s)</li>")
     index = html_dir / "index.html"
     body = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ProtoAD replication: {html.escape(profile)} "
             f"profile</title></head><body><h1>ProtoAD replication, {html.escape(profile)} profile</h1>"
             f"<p>The executed notebooks of this run, in order:</p><ol>{''.join(rows)}</ol></body></html>\n")
-    with atomic_output(index, suffix=".tmp.html") as temporary:
-        temporary.write_text(body, encoding="utf-8")
+    write_text_atomically(index, body)
     return index
 
 

@@ -23,11 +23,8 @@ from .data import AnomalyDataset
 from .evaluation import CategoryData, load_category
 from .resume import ResultStore
 from .features import CacheKey, FeatureCache
-from .profiles import REPO_ROOT, DatasetSpec, Profile, dataset_root, get_profile, smoke_version
+from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, DatasetSpec, Profile, dataset_root, get_profile, smoke_version
 from .progress import progress_bar
-
-#: Where results go when neither the notebook parameter nor the runner says: `<repo>/results/<profile>`.
-RESULTS_DIR_VARIABLE = "PROTOAD_RESULTS_DIR"
 
 
 def relative(path: str | Path) -> str:
@@ -114,8 +111,7 @@ class RunSetup:
     def embeddings(self, spec: DatasetSpec, category: str, split: str) -> tuple[torch.Tensor, Path]:
         """Stride-4 embeddings `[N, C, h, w]` of a split from the shared cache (extracted silently on a miss)."""
         dataset = self.dataset(spec, category, split)
-        key = CacheKey.of(spec.name, category, split, self.backbone, self.profile.image_size, len(dataset),
-                          dataset.files_digest())
+        key = CacheKey.of(spec.name, category, split, self.backbone, dataset)
         features = self.cache.get_or_extract(key, self.backbone, dataset, self.profile.batch_size, self.device,
                                              progress=False)
         return features, self.cache.path(key)

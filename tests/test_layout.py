@@ -13,7 +13,7 @@ FLOORS = [
     {"features"},
     {"methods"},
     {"evaluation", "checkpoint"},
-    {"profiles", "session"},
+    {"profiles", "session", "caches"},
     {"experiments"},
     {"report"},
     {"cli", "run"},

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..atomic import write_text_atomically
 from ..progress import progress_bar
 from .archives import extract_archive
 from .errors import ChecksumError, DatasetUnavailableError, DownloadError, LayoutError
@@ -104,7 +105,7 @@ def _is_recorded_as_verified(path: Path, expected: str) -> bool:
 
 
 def _record_verified(path: Path, digest: str) -> None:
-    _verified_record(path).write_text(json.dumps(_fingerprint(path, digest)) + "\n")
+    write_text_atomically(_verified_record(path), json.dumps(_fingerprint(path, digest)) + "\n")
 
 
 def _digest_unless_verified(path: Path, expected: str, progress: bool) -> str:
@@ -202,7 +203,7 @@ def download_file(
             f"{url} still serves the official archive"
         )
     part.replace(dest)
-    _sidecar(dest).write_text(f"{actual}  {dest.name}\n")
+    write_text_atomically(_sidecar(dest), f"{actual}  {dest.name}\n")
     _record_verified(dest, actual)
     return dest
 

@@ -16,6 +16,15 @@ from .transforms import PairedTransform, paper_transform
 ON_ERROR = ("raise", "skip")
 
 
+def _file_stamp(path: Path, content: bool) -> str:
+    """Size and modification time of a file, or its size and SHA-256 with `content`."""
+    stat = path.stat()
+    if not content:
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    with path.open("rb") as handle:
+        return f"{stat.st_size}:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
+
+
 @dataclass(frozen=True)
 class SampleRecord:
     """Where a sample lives on disk (cheap; no pixels)."""
@@ -33,14 +42,16 @@ class RecordDataset(Dataset):
     transform: PairedTransform
     skipped: list[tuple[str, str]]
 
-    def files_digest(self) -> str:
-        """A digest of the split's files (last folders, names and sizes): the same for a byte-identical copy
-        anywhere on disk, different for another copy under the same names (what a feature cache keys on)."""
+    def files_digest(self, content: bool = False) -> str:
+        """A digest of the split's files (last folders, names, sizes and modification times; with `content`
+        also each file's SHA-256): what a feature cache keys on. Replacing or touching any image or mask
+        changes it; `content=True` also catches an edit that keeps size and time, at the cost of reading
+        every file, and makes byte-identical copies anywhere on disk share it."""
         digest = hashlib.sha256()
         for record in self.samples:
             for path in (record.path, record.mask_path):
                 if path is not None:
-                    digest.update(f"{Path(*Path(path).parts[-3:])}:{Path(path).stat().st_size};".encode())
+                    digest.update(f"{Path(*Path(path).parts[-3:])}:{_file_stamp(Path(path), content)};".encode())
         return digest.hexdigest()[:16]
 
     def _init_common(self, resize: int, crop: int, on_error: str,

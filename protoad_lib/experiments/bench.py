@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_output
+from ..atomic import write_text_atomically
 from ..backbones import Backbone, load_backbone
 from ..methods import AnomalyDetector, bench_names, fitted_size, make_detector
 from ..profiles import Profile
@@ -338,6 +338,4 @@ def _json_default(value: Any) -> Any:
 
 def save_json(result: Any, path: str | Path) -> Path:
     """Write `result` as JSON atomically (a temporary file in the same folder, then a rename)."""
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(result, indent=2, default=_json_default, allow_nan=False) + "\n")
-    return Path(path)
+    return write_text_atomically(path, json.dumps(result, indent=2, default=_json_default, allow_nan=False) + "\n")

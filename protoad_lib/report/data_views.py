@@ -156,13 +156,14 @@ def embedding_shapes(backbone: Backbone, images01: torch.Tensor) -> pd.DataFrame
 
 def cache_table(entries: Sequence[tuple[str, str, Sequence[int], Path]]) -> pd.DataFrame:
     """One row per cached split (category, split, embedding shape [N, C, h, w], file): images, shape,
-    patch vectors, file name and size in MB."""
+    patch vectors, the cache key's digest (the end of the file name; it covers the files' modification
+    times, so it differs between machines) and the size in MB."""
     rows = []
     for category, split, shape, path in entries:
         n, _, h, w = shape
         rows.append({"category": category, "split": split, "images": int(n),
                      "shape [N, C, h, w]": str(list(shape)), "patch vectors": int(n * h * w),
-                     "file": Path(path).name, "MB": round(Path(path).stat().st_size / 2**20, 1)})
+                     "key": Path(path).stem.rsplit("_", 1)[-1], "MB": round(Path(path).stat().st_size / 2**20, 1)})
     return pd.DataFrame(rows)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_output
+from ..atomic import write_text_atomically
 from ..profiles import REPO_ROOT
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                   "run python -m protoad_lib.report.readme_tables", file=sys.stderr)
             return 1
         return 0
-    with atomic_output(args.readme) as temporary:
-        temporary.write_text(updated, encoding="utf-8")
+    write_text_atomically(args.readme, updated)
     return 0
 
 
