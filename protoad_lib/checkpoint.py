@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_output
 from .backbones import Backbone, load_backbone
+from .calibration import Calibration
 from .methods import AnomalyDetector, checkpoint_class
 
 FORMAT_VERSION = 3  # 2: sigma moved into the method config; 3: a SHA-256 of tensors + metadata, verified on load
@@ -25,7 +26,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the backbone it is used with."""
 
 
-def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int) -> dict:
+def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int,
+                        calibration: Calibration | None = None) -> dict:
+    """What rebuilds and applies the detector: method, backbone, preprocessing (resize, then centre crop
+    to image_size; equal sizes: the whole image), config, and the calibration (`calibration.py`) or None."""
     backbone = detector.backbone
     return {
         "format_version": FORMAT_VERSION,
@@ -38,6 +42,7 @@ def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int)
         "image_size": image_size,
         "resize": resize,
         "config": detector.config(),
+        "calibration": calibration.as_dict() if calibration is not None else None,
     }
 
 
@@ -51,10 +56,11 @@ def content_digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int = 224, resize: int = 256) -> Path:
+def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int = 224, resize: int = 256,
+                  calibration: Calibration | None = None) -> Path:
     """One file: the fitted tensors (prototypes, memory bank, Gaussians) and what rebuilds the network."""
     path = Path(path)
-    text = json.dumps(checkpoint_metadata(detector, image_size, resize))
+    text = json.dumps(checkpoint_metadata(detector, image_size, resize, calibration))
     tensors = {name: value.contiguous() for name, value in detector.state_tensors().items()}
     metadata = {"protoad": text, DIGEST_KEY: content_digest(text, tensors)}
     with atomic_output(path) as temporary:

@@ -26,11 +26,12 @@ def _training_data(args: argparse.Namespace):
     from .data import AnomalyDataset, DatasetError, ImageFolderDataset
 
     try:
+        resize = args.resize or args.image_size
         if args.train_dir:
-            return ImageFolderDataset(args.train_dir, resize=args.resize, crop=args.image_size)
+            return ImageFolderDataset(args.train_dir, resize=resize, crop=args.image_size, recursive=args.recursive)
         if not (args.data_root and args.category):
             raise CliError("Give --data-root and --category (MVTec AD or BTAD layout), or --train-dir.")
-        return AnomalyDataset(args.data_root, args.category, "train", layout=args.layout, resize=args.resize,
+        return AnomalyDataset(args.data_root, args.category, "train", layout=args.layout, resize=resize,
                               crop=args.image_size)
     except DatasetError as error:
         raise CliError(str(error)) from error
@@ -48,77 +49,72 @@ def _fit_options(args: argparse.Namespace) -> dict:
 
 def command_fit(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
+    from .calibration import fit_calibrated
     from .checkpoint import save_detector
     from .methods import fitted_size, make_detector
 
     data = _training_data(args)
     start = time.perf_counter()
     model = make_detector(args.method, load_backbone(args.backbone), **_fit_options(args))
-    model.fit(data, batch_size=args.batch_size, device=args.device)
+    model, calibration = fit_calibrated(model, data, args.batch_size, args.device, args.calibration_fraction, args.seed)
     elapsed = time.perf_counter() - start
-    save_detector(model.cpu(), args.out, image_size=args.image_size, resize=args.resize)
+    save_detector(model.cpu(), args.out, image_size=args.image_size, resize=data.resize, calibration=calibration)
     if args.method == "protoad":
         levels = model.prototype_set.hierarchy.num_clusters if model.prototype_set.hierarchy else []
         print(f"images: {len(data)}  FINCH levels (K): {levels}  level: {model.prototype_set.level}  K: {model.k}")
     else:
         size = fitted_size(model)
         print(f"images: {len(data)}  method: {REGISTRY[args.method].label}" + (f"  size: {size}" if size else ""))
+    print(calibration.describe() if calibration else
+          "no calibration (--calibration-fraction 0 or too few images): predict gives scores, no decision")
     print(f"fit time: {elapsed:.1f} s  peak memory: {peak_rss_mb():.0f} MB  checkpoint: {args.out}")
 
 
-def _collect_images(inputs: list[str]) -> list[Path]:
+def _collect_images(inputs: list[str], recursive: bool) -> list[Path]:
     from .data import list_images
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(list_images(path))
+            paths.extend(list_images(path, recursive=recursive))
         elif path.is_file():
             paths.append(path)
         else:
             raise CliError(f"{path} is neither an image nor a directory.")
     if not paths:
-        raise CliError(f"No images found in {', '.join(inputs)}.")
+        hint = "" if recursive else " (images in sub-folders are found with --recursive)"
+        raise CliError(f"No images found in {', '.join(inputs)}{hint}.")
     return paths
 
 
 def command_predict(args: argparse.Namespace) -> None:
+    from .calibration import Calibration
     from .checkpoint import CheckpointError, load_detector
-    from .data import CorruptImageError, load_rgb, paper_transform
-    from .report.overlays import overlay
+    from .predict import Decision, predict_images
 
     try:
         detector, metadata = load_detector(args.model)
     except CheckpointError as error:
         raise CliError(str(error)) from error
-    paths = _collect_images(args.inputs)
-    transform = paper_transform(resize=metadata["resize"], crop=metadata["image_size"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, failures, images, maps = [], [], [], []
-    detector.to(args.device)
-    for path in paths:
-        try:
-            image = transform.image(load_rgb(path))
-        except (CorruptImageError, OSError) as error:
-            failures.append((path, str(error)))
-            print(f"skipped unreadable image {path}: {error}", file=sys.stderr)
-            continue
-        with torch.inference_mode():
-            anomaly_map, score = detector(image.unsqueeze(0).to(args.device))
-        images.append((path, image))
-        maps.append(anomaly_map[0].cpu())
-        rows.append({"image": str(path), "score": float(score[0])})
-    if maps:
-        low, high = float(torch.stack(maps).min()), float(torch.stack(maps).max())
-        for (path, image), anomaly_map in zip(images, maps):
-            overlay(image, anomaly_map, low, high).save(out / f"{path.stem}_heatmap.png")
-    with open(out / "scores.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "score"])
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"scored {len(rows)} images, {len(failures)} unreadable; heat maps and scores.csv in {out}")
+    paths = _collect_images(args.inputs, args.recursive)
+    size = metadata["image_size"]
+    if metadata["resize"] != size:
+        print(f"note: {args.model} was fitted on centre crops ({size} of {metadata['resize']} px); predict scores "
+              f"each whole image at {size} x {size}, so its scale differs from training by {size / metadata['resize']:.2f}")
+    calibration = Calibration.from_dict(metadata["calibration"]) if metadata.get("calibration") else None
+    if calibration is None and args.threshold is None:
+        print("note: the checkpoint holds no calibration and no --threshold was given: scores only, colour scale "
+              "per image")
+    decision = Decision.of(calibration, args.threshold)
+    summary = predict_images(detector, paths, args.out, size, decision, args.batch_size, args.workers, args.device,
+                             args.save_maps)
+    flagged = f", {summary.anomalous} anomalous (threshold {decision.image_threshold:.4g})" \
+        if decision.image_threshold is not None else ""
+    print(f"scored {summary.scored} images{flagged}; {len(summary.unreadable)} unreadable"
+          + (" (listed in unreadable.csv)" if summary.unreadable else "") + f"; overlays and scores.csv in {args.out}")
+    for path, reason in summary.unreadable:
+        print(f"  unreadable: {path}: {reason}", file=sys.stderr)
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
@@ -180,8 +176,7 @@ def command_cache(args: argparse.Namespace) -> None:
 
 
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resize", type=int, default=256, help="resize side before the center crop (256)")
-    parser.add_argument("--image-size", type=int, default=224, help="center-crop size fed to the network (224)")
+    parser.add_argument("--image-size", type=int, default=224, help="side of the square network input (224)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
@@ -204,14 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default level = the finest FINCH level with at most this many clusters")
     fit.add_argument("--max-vectors", type=int, default=60000, help="patch vectors clustered at most")
     fit.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0, help="clustering and the calibration hold-out")
+    fit.add_argument("--resize", type=int, default=None,
+                     help="resize side before a centre crop to --image-size (default: none, the whole image is "
+                          "resized to --image-size, as predict does; 256 is the paper protocol)")
+    fit.add_argument("--recursive", action="store_true", help="--train-dir: also images in sub-folders")
+    fit.add_argument("--calibration-fraction", type=float, default=0.2,
+                     help="good images held out to set the decision thresholds (0: none); the final fit uses all")
     _add_image_options(fit)
     fit.set_defaults(handler=command_fit)
 
     predict = commands.add_parser("predict", help="anomaly heat maps and scores for images")
     predict.add_argument("--model", required=True, help="checkpoint written by `protoad fit`")
     predict.add_argument("inputs", nargs="+", help="images and/or directories of images")
-    predict.add_argument("--out", required=True, help="folder for heat-map PNGs and scores.csv")
+    predict.add_argument("--out", required=True, help="folder for overlays, scores.csv (and maps)")
+    predict.add_argument("--threshold", type=float, default=None,
+                         help="image and pixel threshold instead of the checkpoint's calibrated ones")
+    predict.add_argument("--save-maps", action="store_true", help="also each float map at image size (.npy)")
+    predict.add_argument("--recursive", action="store_true", help="also images in sub-folders")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--workers", type=int, default=2, help="processes decoding images (0: in the main one)")
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(handler=command_predict)
 
@@ -223,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="; ".join(f"{name}: {REGISTRY[name].summary}" for name in method_names()))
     evaluate.add_argument("--backbone", default="efficientnet_lite0")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--resize", type=int, default=256, help="resize side before the centre crop (paper: 256)")
     _add_image_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 

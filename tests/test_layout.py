@@ -12,11 +12,11 @@ FLOORS = [
     {"backbones", "postprocess", "metrics"},
     {"features"},
     {"methods"},
-    {"evaluation", "checkpoint"},
+    {"evaluation", "calibration", "checkpoint"},
     {"profiles", "session", "caches"},
     {"experiments"},
     {"report"},
-    {"cli", "run"},
+    {"cli", "run", "predict"},
 ]
 
 

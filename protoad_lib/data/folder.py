@@ -38,7 +38,8 @@ class ImageFolderDataset(RecordDataset):
             raise DatasetLayoutError(
                 f"no usable images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder "
                 f"{self.folder}" + (" (searched recursively)" if recursive else
-                                    "; images in sub-folders need recursive=True")
+                                    "; images in sub-folders are found with recursive=True "
+                                    "(--recursive on the command line)")
                 + (f"; {len(self.skipped)} skipped" if self.skipped else "")
             )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from .errors import CorruptImageError, DatasetLayoutError
 
@@ -83,8 +83,9 @@ def mask_to_binary(im: Image.Image) -> np.ndarray:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Load an image as 8-bit RGB PIL image; :class:`CorruptImageError` if undecodable."""
-    return to_rgb(_open_loaded(Path(path), "image"))
+    """Load an image as 8-bit RGB PIL image, turned upright by its EXIF orientation (phone photos);
+    :class:`CorruptImageError` if undecodable."""
+    return to_rgb(ImageOps.exif_transpose(_open_loaded(Path(path), "image")))
 
 
 def load_mask(path: str | Path) -> np.ndarray:

@@ -129,15 +129,21 @@ class AnomalyDetector(nn.Module, ABC):
         return self.head_forward(self.backbone(images01), images01.shape[-2:])
 
     @torch.inference_mode()
-    def fit(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
-            progress: bool = True) -> "AnomalyDetector":
-        """Extract features of the good training images and fit on them."""
+    def method_features(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
+                        progress: bool = True) -> torch.Tensor:
+        """The method's patch features [N, C, h, w] of every image of a dataset, on the CPU."""
         self.to(device).eval()
         batches = (
             self.features_from_maps(self.backbone(batch["image"].to(device))).cpu()
             for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: features", enabled=progress)
         )
-        return self.fit_features(stack_batches(batches, len(data) if isinstance(data, Dataset) else None))
+        return stack_batches(batches, len(data) if isinstance(data, Dataset) else None)
+
+    @torch.inference_mode()
+    def fit(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
+            progress: bool = True) -> "AnomalyDetector":
+        """Extract features of the good training images and fit on them."""
+        return self.fit_features(self.method_features(data, batch_size, device, progress))
 
     @torch.inference_mode()
     def predict(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
