@@ -21,7 +21,7 @@ RUN_OPTIONS = $(if $(CATEGORIES),--param categories=$(CATEGORIES)) $(if $(BACKBO
 	$(if $(DEVICE),--param device=$(DEVICE)) $(if $(DATA_ROOT),--param data_root=$(DATA_ROOT)) \
 	$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(REDO),--param redo=True) $(if $(SMOKE),--param smoke=True)
 
-.PHONY: reproduce test unit nbval notebooks bench lab
+.PHONY: reproduce test unit nbval notebooks bench bench-peers lab
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,3 +55,16 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/protoad bench --backbone efficientnet_lite0 --json results/demo/bench.json
+
+# anomalib's PatchCore and PaDiM beside ours: the `peers` extra in its own environment (.venv-peers), its
+# adapter tests, then the benchmark with the anomalib rows and the fit-time growth curve.
+PEERS := .venv-peers
+$(PEERS)/.installed: pyproject.toml
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet -e '.[dev,peers]'
+	touch $@
+
+bench-peers: $(PEERS)/.installed
+	$(PEERS)/bin/python -m pytest -q tests/test_anomalib_adapter.py
+	$(PEERS)/bin/protoad bench --backbone efficientnet_lite0 --fit-counts 25 50 100 200 --n-images 200 \
+		--json results/benchmarks/bench_peers_efficientnet_lite0_cpu.json

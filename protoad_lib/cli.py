@@ -140,8 +140,11 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def command_bench(args: argparse.Namespace) -> None:
-    from .experiments.bench import format_table, run_benchmark, save_json, speed_ratios
+    from .backbones import load_backbone
+    from .experiments.bench import format_table, load_images, run_benchmark, save_json, speed_ratios
+    from .experiments.fit_scaling import fit_time_vs_images
     from .experiments.scaling import head_cost_vs_k, memory_bank_cost
+    from .report.speed_views import fit_time_table
 
     result = run_benchmark(
         backbone_name=args.backbone, methods=tuple(args.methods.split(",")), batch_sizes=tuple(args.batch_sizes),
@@ -152,6 +155,11 @@ def command_bench(args: argparse.Namespace) -> None:
     if args.scaling:
         result["head_cost_vs_k"] = head_cost_vs_k(device=args.device, repeats=args.repeats)
         result["memory_bank_cost"] = memory_bank_cost(repeats=args.repeats)
+    if args.fit_counts:
+        images, _ = load_images(args.data_root, args.category, args.image_size, max(args.fit_counts))
+        result["fit_time_vs_images"] = fit_time_vs_images(load_backbone(args.backbone, weights=args.weights), images,
+                                                          args.fit_counts, device=args.device)
+        print(fit_time_table(result["fit_time_vs_images"]).to_string(index=False))
     env = result["env"]
     print(f"{env['cpu']} | torch {env['torch']} | {env['torch_threads']} threads | device {env['device']} | "
           f"load average {env['loadavg_start']} -> {env['loadavg_end']}")
@@ -250,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--threads", type=int, default=None)
     bench.add_argument("--scaling", action="store_true", help="also head cost vs K and PatchCore search vs bank size")
+    bench.add_argument("--fit-counts", nargs="+", type=int, default=None,
+                       help="also fit time of every method (and anomalib's) on this many training images, e.g. 50 100 200")
     bench.add_argument("--json")
     bench.set_defaults(handler=command_bench)
 

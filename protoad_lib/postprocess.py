@@ -61,13 +61,43 @@ class GaussianBlur(nn.Module):
         return x.squeeze(1)
 
 
+def smoothing_operator(source: int, target: int, blur: GaussianBlur) -> torch.Tensor:
+    """The [target, source] matrix of 1-D linear upsampling (as bilinear `F.interpolate` with
+    align_corners=False computes it along one axis) followed by `blur`'s 1-D Gaussian with its symmetric
+    padding: both are linear, so the pair is one matrix, built by applying them to the unit vectors."""
+    basis = torch.eye(source, dtype=torch.float64).unsqueeze(1)
+    upsampled = F.interpolate(basis, size=target, mode="linear", align_corners=False)
+    if blur.sigma > 0:
+        padded = symmetric_pad(upsampled, blur.radius, dim=2)
+        upsampled = F.conv1d(padded, blur.kernel.double().view(1, 1, -1))
+    return upsampled[:, 0].T.contiguous()
+
+
 class AnomalyMapHead(nn.Module):
-    """Patch scores [B, h, w] -> anomaly maps [B, H, W] (bilinear upsampling, then Gaussian smoothing)."""
+    """Patch scores [B, h, w] -> anomaly maps [B, H, W] (bilinear upsampling, then Gaussian smoothing).
+
+    Both steps are separable and linear, so they run as two small matrix products, `A_h @ P @ A_w^T`
+    with `A = smoothing_operator(...)` cached per size and device: the same maps as upsampling then
+    `GaussianBlur` (tested to float32 rounding), in a fraction of the time at batch size 1.
+    """
 
     def __init__(self, sigma: float = 4.0) -> None:
         super().__init__()
         self.blur = GaussianBlur(sigma)
+        self._operators: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def operators(self, source: tuple[int, int], size: tuple[int, int], device: torch.device,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(source), tuple(size), device, dtype)
+        if key not in self._operators:
+            self._operators[key] = tuple(smoothing_operator(s, t, self.blur).to(device, dtype)
+                                         for s, t in zip(source, size))
+        return self._operators[key]
 
     def forward(self, patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        upsampled = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        return self.blur(upsampled.squeeze(1))
+        if torch.jit.is_tracing():  # TorchScript / ONNX export: the operators' shapes would be baked in
+            upsampled = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+            return self.blur(upsampled.squeeze(1))
+        rows, columns = self.operators(tuple(patch_scores.shape[-2:]), tuple(size), patch_scores.device,
+                                       patch_scores.dtype)
+        return rows @ patch_scores @ columns.T

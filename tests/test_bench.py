@@ -147,3 +147,25 @@ def test_benchmark_runs_on_cuda(tiny_root):
     assert out["env"]["device"] == "cuda" and out["env"]["cpu_peak_reset"] is None
     assert [r["method"] for r in out["results"]] == ["backbone", "protoad", "padim"]
     assert all(positive_finite(r["p50_ms"]) and r["peak_mem_mb"] >= 0 for r in out["results"])
+
+
+def test_fit_time_vs_images_rows_table_and_figure(random_lite0):
+    from protoad_lib.experiments.fit_scaling import fit_time_vs_images
+    from protoad_lib.report import speed_views
+
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    rows = fit_time_vs_images(random_lite0, images, counts=(2, 4, 9), methods=("patchcore_10", "padim"),
+                              include_anomalib=False, progress=False)
+    assert [(r["method"], r["n_images"]) for r in rows] == [("patchcore_10", 2), ("padim", 2), ("patchcore_10", 4),
+                                                            ("padim", 4)]
+    assert all(positive_finite(r["fit_s"]) and r["fit_peak_mem_mb"] >= 0 for r in rows)
+    assert [r["size"] for r in rows if r["method"] == "patchcore_10"] == [12, 25]  # 10 % of 2 x 64 and 4 x 64 patches
+    table = speed_views.fit_time_table(rows)
+    assert list(table["training images"]) == [2, 4] and "PaDiM fit s" in table.columns
+    figure = speed_views.fit_time_figure(rows)
+    assert figure.axes[0].get_xlabel() == "training images" and figure.axes[0].get_title()
+
+
+def test_a_failing_peer_row_is_warned_about():
+    with pytest.warns(RuntimeWarning, match="anomalib_patchcore was left out: ValueError: broken"):
+        assert bench.peer_failure("anomalib_patchcore", ValueError("broken")) == "ValueError: broken"

@@ -98,3 +98,30 @@ def test_training_vectors_gather_the_same_rows_as_the_full_flattening(subsamplin
     chosen = subsample_indices(60, 5, 25, subsampling, seed=3)
     expected = patch_vectors(features)[chosen]
     np.testing.assert_allclose(training_vectors(features, 25, subsampling, seed=3), expected, atol=1e-6)
+
+
+def test_level_choice_takes_the_coarsest_level_within_the_margin_of_held_out_distance():
+    from protoad_lib.methods.protoad.level_choice import choose_level, held_out_vectors, mean_distance
+    from protoad_lib.methods.protoad.prototypes import (
+        build_prototypes, cluster_prototypes, finch_hierarchy, training_indices, training_vectors,
+    )
+
+    features = torch.randn(4, 16, 10, 10, generator=torch.Generator().manual_seed(5))
+    used = training_indices(features, 150, "stratified", seed=0)
+    held_out = held_out_vectors(features, used, seed=0)
+    assert len(held_out) == 400 - len(used)
+    all_vectors = training_vectors(features, 10_000, "none")
+    assert not (held_out[:, None, :] == all_vectors[used][None]).all(-1).any()  # none was clustered
+
+    vectors = training_vectors(features, 150, "stratified", seed=0)
+    hierarchy = finch_hierarchy(vectors, progress=False)
+    distances = [mean_distance(held_out, cluster_prototypes(vectors, hierarchy.level_labels(level)))
+                 for level in range(len(hierarchy.num_clusters))]
+    for margin in (0.0, 0.05, 0.3, 10.0):
+        level, seen = choose_level(hierarchy, vectors, held_out, 0, margin)
+        within = [lv for lv, d in enumerate(distances) if d <= distances[0] * (1 + margin)]
+        assert level == max(lv for lv in within if all(l2 in within for l2 in range(lv + 1)))
+        assert seen[level] == pytest.approx(distances[level])
+    chosen = build_prototypes(features, max_vectors=150, level_margin=10.0, progress=False)
+    assert chosen.level == len(hierarchy.num_clusters) - 1 and chosen.info["held_out_distance"]
+    assert choose_level(hierarchy, vectors, held_out[:0], 1, 0.5) == (1, {})

@@ -40,6 +40,15 @@ def test_map_head_is_bilinear_upsampling_then_smoothing():
     assert maps[0].argmax().item() // 16 in (5, 6) and maps[0].argmax().item() % 16 in (9, 10)
 
 
+@pytest.mark.parametrize("sigma", [0.0, 4.0])
+@pytest.mark.parametrize("grid, size", [((56, 56), (224, 224)), ((7, 12), (30, 50)), ((5, 5), (9, 9))])
+def test_map_head_matrices_equal_upsampling_then_blur(sigma, grid, size):
+    patch = torch.rand(3, *grid, generator=torch.Generator().manual_seed(4))
+    upsampled = torch.nn.functional.interpolate(patch.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    reference = GaussianBlur(sigma)(upsampled.squeeze(1))
+    torch.testing.assert_close(AnomalyMapHead(sigma)(patch, size), reference, atol=2e-6, rtol=1e-5)
+
+
 def test_protoad_fit_predict_end_to_end_and_defect_scores_higher():
     backbone = load_backbone("efficientnet_lite0")
     rng = torch.Generator().manual_seed(3)
@@ -58,8 +67,12 @@ def test_protoad_fit_predict_end_to_end_and_defect_scores_higher():
     assert 30 <= peak // 96 <= 66 and 30 <= peak % 96 <= 66
 
 
+@pytest.mark.parametrize("band_bytes", [1, 40_000, 2**30])  # one coarse row per band, a few rows, the whole grid
 @pytest.mark.parametrize("grid", [(16, 16), (15, 13)])
-def test_per_layer_head_equals_the_concatenated_network(grid):
+def test_per_layer_head_equals_the_concatenated_network(grid, band_bytes, monkeypatch):
+    from protoad_lib.methods.protoad import network
+
+    monkeypatch.setattr(network, "BAND_BYTES", band_bytes)
     generator = torch.Generator().manual_seed(4)
     height, width = grid
     maps = [torch.randn(2, 6, height, width, generator=generator),

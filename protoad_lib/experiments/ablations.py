@@ -1,6 +1,7 @@
 """ProtoAD's ablations on cached embeddings, and N-pad's (`npad_ablations`) in the same run (notebook 07).
 
-ProtoAD: layers, FINCH level, clustering method, subsampling, image size, sigma, image-score rule.
+ProtoAD: layers, FINCH level, the level rule (`level_rule`), clustering method, subsampling, image size, sigma,
+image-score rule.
 Every ablation takes the categories' cached stride-4 embeddings (`evaluation.CategoryData`), changes one
 setting of ProtoAD at a time, and returns a DataFrame with one row per (setting, category) and the
 columns of `METRIC_COLUMNS` (fractions in 0..1, exact floats: round them for display). Everything is
@@ -25,6 +26,7 @@ from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
 from ..profiles import DatasetSpec, Profile
 from ..session import RunSetup
+from .level_rule import level_rule_ablation
 from .npad_ablations import NPAD_SWEEPS, npad_ablation
 
 #: The metrics every ablation reports (fractions).
@@ -320,7 +322,8 @@ def image_score_ablation(backbone: Backbone, categories: Sequence[CategoryData],
 # --------------------------------------------------------------------------- a whole run
 
 
-ABLATIONS = ("layers", "finch_level", "clustering", "subsampling", "image_size", "sigma", "image_score", "npad")
+ABLATIONS = ("layers", "finch_level", "level_rule", "clustering", "subsampling", "image_size", "sigma", "image_score",
+             "npad")
 
 
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
@@ -332,6 +335,7 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
     tables = {
         "layers": layer_ablation(backbone, [data], plan.layer_subsets, config, fits),
         "finch_level": finch_level_ablation(backbone, [data], config, fits),
+        "level_rule": level_rule_ablation(backbone, [data], fits),
         "clustering": clustering_method_ablation(backbone, [data], plan.clustering_methods, config, fits),
         "subsampling": subsampling_ablation(backbone, [data], plan.strategies, plan.budgets, config, fits),
         "sigma": sigma_ablation(backbone, [data], plan.sigmas, config, fits),

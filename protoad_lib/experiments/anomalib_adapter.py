@@ -33,9 +33,13 @@ def anomalib_version() -> str | None:
 
 
 class AnomalibDetector(nn.Module):
-    """anomalib's own torch model (PatchcoreModel / PadimModel) with our backbone swapped in.
+    """anomalib's own torch model (`PatchcoreModel` / `PadimModel`, anomalib 2.7) with our backbone swapped in.
 
-    Best effort across anomalib versions; not exercised by the test-suite (anomalib is optional).
+    The same backbone object and taps as our methods (PatchCore: the 2nd and 3rd tapped maps, PaDiM: all
+    three with our seeded channel subset), so a speed difference is anomalib's head and fitting code.
+    Fitting follows anomalib's training loop: forward passes in train mode collect embeddings, then
+    `subsample_embedding` (PatchCore's coreset) or `fit` (PaDiM's Gaussians). The `peers` extra pins
+    the anomalib version this is written against.
     """
 
     def __init__(self, kind: str, backbone: Backbone, coreset_fraction: float = 0.1) -> None:
@@ -47,16 +51,17 @@ class AnomalibDetector(nn.Module):
 
             layers = ["layer2", "layer3"]
             self.model = PatchcoreModel(layers=layers, backbone="resnet18", pre_trained=False)
-        else:
+        elif kind == "padim":
             from anomalib.models.image.padim.torch_model import PadimModel
+
+            from ..methods.padim import default_n_features, random_channel_subset
 
             layers = ["layer1", "layer2", "layer3"]
             self.model = PadimModel(layers=layers, backbone="resnet18", pre_trained=False)
             total = sum(backbone.channels)
-            from ..methods.padim import default_n_features, random_channel_subset
-
-            index = random_channel_subset(total, default_n_features(backbone.name, total), 1024)
-            self.model.idx = index
+            self.model.idx = random_channel_subset(total, default_n_features(backbone.name, total), 1024)
+        else:
+            raise ValueError(f"anomalib kind must be 'patchcore' or 'padim', got {kind!r}")
         self.model.feature_extractor = _BackboneAsTimmExtractor(backbone, layers)
         self.model.layers = layers
 
@@ -68,14 +73,17 @@ class AnomalibDetector(nn.Module):
     def fit(self, batches: Iterable[dict], device: str | torch.device = "cpu", **_: Any) -> "AnomalibDetector":
         self.to(device)
         self.model.train()
-        embeddings = torch.cat([self.model(batch["image"].to(device)) for batch in batches])
+        for batch in batches:
+            self.model(batch["image"].to(device))
         if self.kind == "patchcore":
-            self.model.subsample_embedding(embeddings, self.coreset_fraction)
-        elif hasattr(self.model, "gaussian"):
-            self.model.gaussian.fit(embeddings)
+            self.model.subsample_embedding(self.coreset_fraction)
+        else:
+            self.model.fit()
         self.model.eval()
         return self
 
     @torch.inference_mode()
-    def forward(self, images01: torch.Tensor) -> Any:
-        return self.model(images01)
+    def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly maps [B, H, W], image scores [B]) as our detectors return them."""
+        output = self.model(images01)
+        return output.anomaly_map.reshape(len(images01), *images01.shape[-2:]), output.pred_score.reshape(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,6 +46,7 @@ MEMORY_NOTE = (
 )
 
 DEFAULT_METHODS: tuple[str, ...] = bench_names()
+MINI_TRAIN_IMAGES = 16  # training images per category of the synthetic mini benchmark
 ANOMALIB_METHODS: tuple[str, ...] = ("anomalib_patchcore", "anomalib_padim")
 
 
@@ -82,23 +84,26 @@ class BenchmarkSettings:
     head_ks: tuple[int, ...]
     bank_sizes: tuple[int, ...]
     include_anomalib: bool
+    fit_counts: tuple[int, ...]
 
 
 def benchmark_settings(profile: Profile) -> BenchmarkSettings:
     """Demo: fit on 8 images (ProtoAD's FINCH then clusters 8 x 3,136 patches), batch 1 and 8, 3 timed runs.
     Paper: fit on the category's whole training set (`n_images=None`; e.g. bottle: 209 images, a PatchCore
     bank of 16,385 vectors at 10 %), so the speeds are those of the paper's setting; batch 1 / 8 / 32,
-    10 timed runs, the harness' default K and bank-size sweeps. A smoke profile: 4 images, one timed run."""
+    10 timed runs, the harness' default K and bank-size sweeps. `fit_counts`: training-set sizes of the
+    fit-time growth curve (`fit_scaling`). anomalib rows whenever the `peers` extra is installed. A smoke
+    profile: 4 images, one timed run."""
     if profile.smoke:
         return BenchmarkSettings(batch_sizes=(1, 2), n_images=4, warmup=0, repeats=1, head_ks=(10, 100),
-                                 bank_sizes=(100, 1_000), include_anomalib=False)
+                                 bank_sizes=(100, 1_000), include_anomalib=False, fit_counts=(2, 4))
     if profile.name == "demo":
         return BenchmarkSettings(batch_sizes=(1, 8), n_images=8, warmup=1, repeats=3,
                                  head_ks=(10, 100, 1_000, 10_000), bank_sizes=(1_000, 3_000, 10_000, 30_000),
-                                 include_anomalib=False)
+                                 include_anomalib=True, fit_counts=(4, 8, 16))
     return BenchmarkSettings(batch_sizes=(1, 8, 32), n_images=None, warmup=2, repeats=10,
                              head_ks=(10, 30, 100, 300, 1_000, 3_000, 10_000),
-                             bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True)
+                             bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True, fit_counts=(25, 50, 100, 200))
 
 
 @dataclass
@@ -125,14 +130,21 @@ def load_images(data_root: str | Path | None = None, category: str | None = None
                 n_images: int | None = 16) -> tuple[torch.Tensor, dict[str, Any]]:
     """The first `n_images` train images [N, 3, S, S] in 0..1 (None: all) and a description of where they came from.
 
-    Default: the synthetic mini benchmark (`ensure_mini_benchmark()`, category "weave"); otherwise an
-    MVTec-layout root. Geometry: resize to round(image_size * 256 / 224), centre crop image_size.
+    Default: the synthetic mini benchmark (`ensure_mini_benchmark()`, category "weave"; with more than its
+    16 training images asked for, a `weave` of that many in `data/synthetic_train_<n>`, so a fit is at a
+    category's scale); otherwise an MVTec-layout root. Geometry: resize to round(image_size * 256 / 224),
+    centre crop image_size.
     """
     from ..data import AnomalyDataset, ensure_mini_benchmark
+    from ..data.synthetic import DEFAULT_SYNTHETIC_DIR
 
     if data_root is None:
-        root = ensure_mini_benchmark()
         category = category or "weave"
+        if n_images is not None and n_images > MINI_TRAIN_IMAGES:
+            root = ensure_mini_benchmark(DEFAULT_SYNTHETIC_DIR.parent / f"synthetic_train_{n_images}",
+                                         n_train=n_images, categories=[category])
+        else:
+            root = ensure_mini_benchmark()
     else:
         root = Path(data_root)
         if category is None:
@@ -221,11 +233,11 @@ def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequ
     errors: dict[str, str] = {}
     for method in progress_bar(method_list, desc="fit", enabled=progress):
         try:
-            fitted[method] = _fit(method, backbone, images, device, progress)
+            fitted[method] = fit_method(method, backbone, images, device, progress)
         except Exception as error:  # noqa: BLE001
             if not method.startswith("anomalib_"):
                 raise
-            errors[method] = f"{error.__class__.__name__}: {error}"
+            errors[method] = peer_failure(method, error)
 
     # 2. per batch size: round-robin timing of every model, then one pass each for peak memory
     rows: dict[tuple[str, int], BenchmarkRow] = {}
@@ -275,7 +287,15 @@ class _Fitted:
     state_mb: float
 
 
-def _fit(method: str, backbone: Backbone, images: torch.Tensor, device: torch.device, progress: bool) -> _Fitted:
+def peer_failure(method: str, error: Exception) -> str:
+    """Say on screen (a warning) that an optional anomalib row failed, and return the message to store."""
+    message = f"{error.__class__.__name__}: {error}"
+    warnings.warn(f"{method} was left out: {message}", RuntimeWarning, stacklevel=2)
+    return message
+
+
+def fit_method(method: str, backbone: Backbone, images: torch.Tensor, device: torch.device | str,
+               progress: bool = False) -> _Fitted:
     """Build and fit one method on the train images; time and peak memory of the fit."""
     baseline = memory_in_use_mb(device)
     if method.startswith("anomalib_"):

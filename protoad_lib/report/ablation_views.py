@@ -14,7 +14,7 @@ from ..experiments.ablations import METRIC_COLUMNS
 from .evaluation_views import METRIC_LABELS
 
 #: Columns that are measurements of this machine (shown apart, never in the compared tables).
-MACHINE_DEPENDENT = ("prototype_s",)
+MACHINE_DEPENDENT = ("prototype_s", "head_ms")
 
 
 def ablation_table(table: pd.DataFrame, decimals: int = 4, with_mean: bool = True) -> pd.DataFrame:

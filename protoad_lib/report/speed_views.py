@@ -209,3 +209,30 @@ def bank_cost_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
         title=f"PatchCore search cost vs bank size (faiss IndexFlatL2, dim {first['dim']}, "
               f"{first['grid'][0] * first['grid'][1]} queries/image)",
     )
+
+
+def fit_time_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Fit seconds per training-set size (rows) and method (columns), from `fit_scaling.fit_time_vs_images`."""
+    table = pd.DataFrame(rows)
+    pivot = table.pivot(index="n_images", columns="method", values="fit_s")
+    pivot = pivot[[m for m in dict.fromkeys(table["method"])]].round(2)
+    pivot.columns = [f"{_label(m)} fit s" for m in pivot.columns]
+    return pivot.rename_axis("training images").reset_index()
+
+
+def fit_time_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Fit time against the number of training images, one line per method (log-log)."""
+    table = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for method in dict.fromkeys(table["method"]):
+        part = table[table["method"] == method].sort_values("n_images")
+        ax.plot(part["n_images"], part["fit_s"], marker="o", color=_colour(method), label=_label(method))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("fit time (s, backbone pass included)")
+    ax.set_title("Fit time vs training-set size", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -26,22 +26,28 @@ def patch_vectors(features: torch.Tensor) -> np.ndarray:
     return F.normalize(flat.float(), dim=1).contiguous().numpy()
 
 
-def training_vectors(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
+def training_indices(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
                      subsampling: str = "stratified", seed: int = 0) -> np.ndarray:
-    """The L2-normalised patch vectors prototypes are built from: a subsample of [N, C, h, w] features.
-
-    The subsample's patches are gathered straight from the feature maps, so memory beyond the
-    features themselves is only what is kept (coreset subsampling needs every vector, though).
-    """
+    """Sorted image-major indices of the patch vectors prototypes are built from (see `subsample_indices`)."""
     n_images, channels, height, width = features.shape
     n_vectors = n_images * height * width
     everything = patch_vectors(features) if subsampling == "coreset" and n_vectors > max_vectors else None
-    chosen = subsample_indices(n_vectors, n_images, max_vectors, subsampling, seed, everything)
-    if everything is not None:
-        return everything[chosen]
-    index = torch.from_numpy(chosen)
+    return subsample_indices(n_vectors, n_images, max_vectors, subsampling, seed, everything)
+
+
+def gather_vectors(features: torch.Tensor, indices: np.ndarray) -> np.ndarray:
+    """L2-normalised patch vectors [len(indices), C] gathered straight from [N, C, h, w] feature maps."""
+    height, width = features.shape[-2:]
+    index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
     gathered = features.flatten(2)[index // (height * width), :, index % (height * width)]
     return F.normalize(gathered.float(), dim=1).contiguous().numpy()
+
+
+def training_vectors(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
+                     subsampling: str = "stratified", seed: int = 0) -> np.ndarray:
+    """The L2-normalised patch vectors prototypes are built from: a subsample of [N, C, h, w] features,
+    gathered from the maps, so memory beyond the features is only what is kept."""
+    return gather_vectors(features, training_indices(features, max_vectors, subsampling, seed))
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -208,22 +214,32 @@ def build_prototypes(
     knn_index: str = "exact",
     seed: int = 0,
     progress: bool = True,
+    level_margin: float | None = None,
 ) -> PrototypeSet:
     """Prototypes from training features [N, C, h, w].
 
-    FINCH: `level` picks a partition (default: the finest with at most `max_prototypes`
-    clusters). k-means, coreset and random need `k` (they are the ablation alternatives).
+    FINCH: `level` picks a partition; by default the finest with at most `max_prototypes` clusters,
+    or, with `level_margin`, the coarsest of those whose held-out patches stay within that margin of
+    the finest one's distance (`level_choice.choose_level`). k-means, coreset and random need `k`
+    (they are the ablation alternatives).
     """
     if method not in PROTOTYPE_METHODS:
         raise ValueError(f"Unknown prototype method {method!r}; choose one of {PROTOTYPE_METHODS}.")
     if method != "finch" and not k:
         raise ValueError(f"Prototype method {method!r} needs k (the number of prototypes).")
     start = time.perf_counter()
-    vectors = training_vectors(features, max_vectors, subsampling, seed)
+    used = training_indices(features, max_vectors, subsampling, seed)
+    vectors = gather_vectors(features, used)
     info = {"subsampling": subsampling, "max_vectors": max_vectors, "seed": seed}
     if method == "finch":
         hierarchy = finch_hierarchy(vectors, index=knn_index, progress=progress)
-        level = hierarchy.default_level(max_prototypes) if level is None else level
+        if level is None:
+            level = hierarchy.default_level(max_prototypes)
+            if level_margin is not None:
+                from .level_choice import choose_level, held_out_vectors
+
+                level, info["held_out_distance"] = choose_level(
+                    hierarchy, vectors, held_out_vectors(features, used, seed), level, level_margin)
         if not 0 <= level < len(hierarchy.num_clusters):
             raise ValueError(f"FINCH level {level} does not exist; levels: {hierarchy.num_clusters}.")
         prototypes = cluster_prototypes(vectors, hierarchy.level_labels(level))

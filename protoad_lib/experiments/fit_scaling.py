@@ -1,0 +1,42 @@
+"""How fit time and memory grow with the number of training images, for every method of the comparison."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..backbones import Backbone
+from ..progress import progress_bar
+from .anomalib_adapter import anomalib_version
+from .bench import ANOMALIB_METHODS, fit_method, peer_failure
+
+FIT_METHODS: tuple[str, ...] = ("protoad", "patchcore_10", "padim", "npad")
+
+
+def fit_time_vs_images(backbone: Backbone, images: torch.Tensor, counts: Sequence[int],
+                       methods: Sequence[str] = FIT_METHODS, include_anomalib: bool = True,
+                       device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+    """Fit each method on the first n of `images` [N, 3, S, S] for every n in `counts` (capped at N).
+
+    One row per (method, n): `fit_s` (backbone pass included, as `protoad fit` runs it), `fit_peak_mem_mb`
+    (peak during the fit above what was in use before), `size` (prototypes / bank rows; None for PaDiM).
+    anomalib's PatchCore and PaDiM are added when anomalib is importable; a failing one is warned about
+    and left out.
+    """
+    names = list(methods) + (list(ANOMALIB_METHODS) if include_anomalib and anomalib_version() else [])
+    rows = []
+    for count in progress_bar(sorted({min(int(n), len(images)) for n in counts}), desc="fit vs images",
+                              enabled=progress):
+        for method in names:
+            try:
+                fitted = fit_method(method, backbone, images[:count], device)
+            except Exception as error:  # noqa: BLE001 - an optional peer must not stop the curve
+                if not method.startswith("anomalib_"):
+                    raise
+                peer_failure(method, error)
+                continue
+            rows.append({"method": method, "n_images": count, "fit_s": fitted.fit_s,
+                         "fit_peak_mem_mb": fitted.fit_peak_mem_mb, "size": fitted.k})
+            del fitted
+    return rows

@@ -1,0 +1,28 @@
+"""anomalib's own PatchCore and PaDiM behind our backbone (run by `make bench-peers`; skipped without anomalib)."""
+
+import pytest
+import torch
+
+pytest.importorskip("anomalib", reason="the optional `peers` extra is not installed (make bench-peers installs it)")
+
+from protoad_lib.experiments.anomalib_adapter import AnomalibDetector  # noqa: E402
+from protoad_lib.experiments.bench import run_benchmark  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["patchcore", "padim"])
+def test_adapter_fits_and_returns_maps_and_scores(kind, random_lite0):
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    detector = AnomalibDetector(kind, random_lite0).fit([{"image": images[:2]}, {"image": images[2:]}])
+    maps, scores = detector(images[:3])
+    assert maps.shape == (3, 64, 64) and scores.shape == (3,)
+    assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
+    if kind == "patchcore":
+        assert len(detector.memory_bank) == int(0.1 * 4 * 8 * 8)  # our PatchCore keeps as many
+
+
+def test_benchmark_has_working_anomalib_rows(tiny_benchmark):
+    result = run_benchmark("efficientnet_lite0", methods=("protoad",), weights="random", batch_sizes=(1,),
+                           data_root=tiny_benchmark, category="weave", image_size=64, n_images=4, repeats=1,
+                           warmup=0, progress=False)
+    assert "anomalib_errors" not in result["env"]
+    assert {r["method"] for r in result["results"]} == {"backbone", "protoad", "anomalib_patchcore", "anomalib_padim"}
