@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .methods import AnomalyDetector
 
@@ -92,6 +92,8 @@ def fit_calibrated(detector: AnomalyDetector, data: Dataset, batch_size: int = 8
     detector fitted on everything and its calibration, or None when `fraction` is 0 or the images are
     too few to hold any out (at least `MIN_FIT_IMAGES` must stay in the fit).
     """
+    if detector.fits_on_images:
+        return _fit_trained_calibrated(detector, data, batch_size, device, fraction, seed, progress)
     features = detector.method_features(data, batch_size, device, progress)
     split = held_out_indices(len(features), fraction, seed)
     calibration = None
@@ -104,3 +106,16 @@ def fit_calibrated(detector: AnomalyDetector, data: Dataset, batch_size: int = 8
         maps, scores = (torch.cat([part[i].cpu() for part in scored]) for i in (0, 1))
         calibration = calibration_from_scores(scores, maps, fraction, seed)
     return detector.fit_features(features), calibration
+
+
+def _fit_trained_calibrated(detector: AnomalyDetector, data: Dataset, batch_size: int, device: str, fraction: float,
+                            seed: int, progress: bool) -> tuple[AnomalyDetector, Calibration | None]:
+    """A trained method (PRN) is trained once, on the images not held out, and calibrated on the held-out
+    ones; it is not trained again on all of them (that would double hours of training)."""
+    split = held_out_indices(len(data), fraction, seed)
+    if split is None:
+        return detector.fit(data, batch_size, device, progress), None
+    fit, held_out = split
+    detector.fit(Subset(data, fit.tolist()), batch_size, device, progress)
+    predictions = detector.predict(Subset(data, held_out.tolist()), batch_size, device, progress=False)
+    return detector, calibration_from_scores(predictions.scores, predictions.maps, fraction, seed)

@@ -37,8 +37,16 @@ def _training_data(args: argparse.Namespace):
         raise CliError(str(error)) from error
 
 
+def _prn_options(args: argparse.Namespace) -> dict:
+    """PRN's schedule, epochs and seed from the command line (`fit` and `evaluate`)."""
+    return {"schedule": args.schedule, "seed": args.seed} | ({"epochs": args.epochs} if args.epochs else {})
+
+
 def _fit_options(args: argparse.Namespace) -> dict:
-    """Constructor options from the command line: ProtoAD's clustering flags; the registry's defaults otherwise."""
+    """Constructor options from the command line: ProtoAD's clustering flags, PRN's schedule and epochs; the
+    registry's defaults otherwise."""
+    if args.method == "prn":
+        return _prn_options(args)
     if args.method != "protoad":
         return {}
     from .methods import ProtoADConfig
@@ -129,9 +137,15 @@ def command_evaluate(args: argparse.Namespace) -> None:
                              image_size=args.image_size, batch_size=args.batch_size, device=args.device)
     except DatasetError as error:
         raise CliError(str(error)) from error
-    result = evaluate_on_category(make_detector(args.method, backbone), data)
+    if args.seen_anomalies and args.method != "prn":
+        raise CliError("--seen-anomalies is for trained methods (--method prn)")
+    detector = make_detector(args.method, backbone, **(_prn_options(args) if args.method == "prn" else {}))
+    result = evaluate_on_category(detector, data, seen=args.seen_anomalies, seed=args.seed)
     metrics = result.metrics | {"embed_s": data.embed_s, "method": args.method, "backbone": args.backbone,
                                 "category": args.category}
+    if args.method == "prn":
+        metrics |= {"schedule": detector.schedule, "epochs": detector.epochs, "final_loss": detector.history[-1],
+                    "seen_anomalies": ";".join(result.seen)}
     width = max(len(key) for key in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
@@ -183,6 +197,12 @@ def command_cache(args: argparse.Namespace) -> None:
         print(f"removed {count} files ({freed / 2**20:.1f} MB) from {folder.path}")
 
 
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schedule", choices=("cpu", "full"), default="cpu",
+                        help="PRN: 'cpu' (minutes on 2 cores) or 'full' (700 epochs, batch 48: a GPU)")
+    parser.add_argument("--epochs", type=int, default=None, help="PRN: epochs instead of the schedule's")
+
+
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=224, help="side of the square network input (224)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -207,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default level = the finest FINCH level with at most this many clusters")
     fit.add_argument("--max-vectors", type=int, default=60000, help="patch vectors clustered at most")
     fit.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified")
-    fit.add_argument("--seed", type=int, default=0, help="clustering and the calibration hold-out")
+    fit.add_argument("--seed", type=int, default=0, help="clustering, PRN training and the calibration hold-out")
+    _add_training_options(fit)
     fit.add_argument("--resize", type=int, default=None,
                      help="resize side before a centre crop to --image-size (default: none, the whole image is "
                           "resized to --image-size, as predict does; 256 is the paper protocol)")
@@ -239,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backbone", default="efficientnet_lite0")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--resize", type=int, default=256, help="resize side before the centre crop (paper: 256)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seen-anomalies", type=int, default=0,
+                          help="PRN: train also on N real anomalies drawn (seeded) from the test set; they are "
+                               "removed from the scored test set and listed in the output")
+    _add_training_options(evaluate)
     _add_image_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -12,6 +13,7 @@ from .backbones import Backbone
 from .data import AnomalyDataset
 from .features import CacheKey, FeatureCache, embed_split
 from .methods import AnomalyDetector, Predictions
+from .methods.prn import choose_seen
 from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
 
 
@@ -60,6 +62,7 @@ class Scored:
     predictions: Predictions
     fit_s: float | None = None
     infer_s: float | None = None
+    seen: list[str] = field(default_factory=list)  # test images trained on (and not scored): PRN's seen anomalies
 
 
 def _metrics(data: CategoryData, predictions: Predictions, full: bool) -> dict:
@@ -85,26 +88,47 @@ def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.
     return Scored(_metrics(data, predictions, full_metrics), predictions, None, infer_s)
 
 
+def without_test_samples(data: CategoryData, indices: Sequence[int]) -> CategoryData:
+    """The category with the given test samples removed from its test embeddings, labels and masks (the
+    scored test set); `test` stays the whole dataset."""
+    keep = torch.tensor([i for i in range(len(data.labels)) if i not in set(indices)], dtype=torch.long)
+    return replace(data, test_embeddings=data.test_embeddings[keep], labels=data.labels[keep], masks=data.masks[keep])
+
+
 def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
-                  test_embeddings: torch.Tensor | None = None, full_metrics: bool = False) -> Scored:
+                  test_embeddings: torch.Tensor | None = None, full_metrics: bool = False, seen: int = 0,
+                  seed: int = 0) -> Scored:
     """Fit on the cached train embeddings and score the test embeddings, without progress output.
 
     The backbone is skipped: the method's features are taken from the stride-4 embedding; the
     embeddings can be replaced (e.g. a layer subset for ProtoAD, whose features are the embedding).
+    A trained method (`fits_on_images`, PRN) fits on the training images instead; with `seen` > 0 it
+    also trains on that many real anomalies drawn (seeded) from the test set, which are then **removed
+    from the scored test set** and listed in `Scored.seen`.
     """
     train = data.train_embeddings if train_embeddings is None else train_embeddings
     detector.progress = False
+    chosen = choose_seen(data.labels, seen, seed) if seen else []
     start = time.perf_counter()
-    detector.fit_features(detector.features_from_embedding(train))
+    if detector.fits_on_images:
+        pairs = [(data.test[i]["image"], data.test[i]["mask"]) for i in chosen]
+        detector.fit(data.train, progress=False, **({"seen": pairs} if pairs else {}))
+    elif chosen:
+        raise ValueError(f"{detector.method} is training-free: it cannot use seen anomalies")
+    else:
+        detector.fit_features(detector.features_from_embedding(train))
     fit_s = time.perf_counter() - start
-    scored = score(detector, data, test_embeddings, full_metrics)
+    scored_data = without_test_samples(data, chosen) if chosen else data
+    scored = score(detector, scored_data, test_embeddings, full_metrics)
     scored.fit_s = fit_s
+    scored.seen = [data.test.samples[i].path for i in chosen]
     return scored
 
 
-def evaluate_on_category(detector: AnomalyDetector, data: CategoryData) -> Scored:
-    """Fit on the cached train embeddings, score the test ones, all metrics plus timings and counts."""
-    scored = fit_and_score(detector, data, full_metrics=True)
+def evaluate_on_category(detector: AnomalyDetector, data: CategoryData, seen: int = 0, seed: int = 0) -> Scored:
+    """Fit on the cached train embeddings, score the test ones, all metrics plus timings and counts
+    (`n_test`: the images scored, i.e. without any `seen` anomalies, see `fit_and_score`)."""
+    scored = fit_and_score(detector, data, full_metrics=True, seen=seen, seed=seed)
     scored.metrics |= {"fit_s": scored.fit_s, "infer_s": scored.infer_s, "n_train": len(data.train),
-                       "n_test": len(data.test)}
+                       "n_test": len(data.test) - len(scored.seen)}
     return scored

@@ -54,6 +54,7 @@ class Profile:
     max_vectors: int = DEFAULT_MAX_VECTORS
     data_dir: Path = field(default=REPO_ROOT / "data")
     smoke: bool = False
+    prn_epochs: int | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -66,6 +67,7 @@ PROFILES = {
         datasets=(DatasetSpec("synthetic_mini", "mvtec", tuple(SYNTHETIC_CATEGORIES)),),
         backbone="efficientnet_lite0",
         max_vectors=20_000,
+        prn_epochs=15,
     ),
     "paper": Profile(
         name="paper",
@@ -81,7 +83,7 @@ PROFILES = {
 def smoke_version(profile: Profile) -> Profile:
     """The same datasets and layouts at the smallest scale: 64 px crops, few clustered vectors, short
     benchmarks and ablations."""
-    return replace(profile, resize=73, image_size=64, max_vectors=2_000, smoke=True)
+    return replace(profile, resize=73, image_size=64, max_vectors=2_000, smoke=True, prn_epochs=1)
 
 
 def get_profile(name: str) -> Profile:

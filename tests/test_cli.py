@@ -68,3 +68,15 @@ def test_evaluate_writes_all_metric_keys(benchmark, tmp_path, capsys):
 def test_evaluate_wrong_category_exits_2(benchmark, capsys):
     assert main(["evaluate", "--data-root", str(benchmark), "--category", "bottle"]) == 2
     assert "bottle" in capsys.readouterr().err
+
+
+def test_evaluate_prn_with_seen_anomalies_lists_them_and_scores_without_them(benchmark, tmp_path, capsys):
+    report = tmp_path / "prn.json"
+    code = main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "prn", "--epochs", "1",
+                 "--seen-anomalies", "1", "--resize", "64", "--image-size", "64", "--json", str(report)])
+    assert code == 0
+    metrics = json.loads(report.read_text())
+    assert metrics["n_test"] == 4 and metrics["epochs"] == 1 and metrics["schedule"] == "cpu"
+    assert metrics["seen_anomalies"].endswith(".png") and "/good/" not in metrics["seen_anomalies"]
+    assert main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "padim",
+                 "--seen-anomalies", "1"]) == 2

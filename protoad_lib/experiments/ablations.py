@@ -28,6 +28,7 @@ from ..profiles import DatasetSpec, Profile
 from ..session import RunSetup
 from .level_rule import level_rule_ablation
 from .npad_ablations import NPAD_SWEEPS, npad_ablation
+from .prn_ablation import prn_ablation
 
 #: The metrics every ablation reports (fractions).
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro")
@@ -47,6 +48,8 @@ class AblationPlan:
     sigmas: tuple[float, ...] = (0, 2, 4, 8)
     image_score_rules: tuple[str, ...] = ("max", "mean_top1pct")
     npad_sweeps: tuple[tuple[str, tuple], ...] = NPAD_SWEEPS
+    prn_epochs: tuple[int, ...] = (5, 15)  # the last is the reference training length
+    prn_seen: tuple[int, ...] = (2,)
 
     def config(self, seed: int = 0) -> ProtoADConfig:
         """The reference ProtoAD configuration every ablation starts from."""
@@ -68,10 +71,13 @@ def ablation_plan(profile: Profile) -> AblationPlan:
                             strategies=("stratified",), budgets=(budget,), image_sizes=(48, 64),
                             image_size_categories=1, sigmas=(0, 4), image_score_rules=("max",),
                             npad_sweeps=(("radius", (0, 1)), ("n_centroids", (0, 16)),
-                                         ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))))
+                                         ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))),
+                            prn_epochs=(1,), prn_seen=(1,))
+    epochs = profile.prn_epochs or 30
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
-                        image_size_categories=1 if profile.name == "demo" else None)
+                        image_size_categories=1 if profile.name == "demo" else None,
+                        prn_epochs=(max(1, epochs // 3), epochs), prn_seen=(2,) if profile.name == "demo" else (10,))
 
 
 # --------------------------------------------------------------------------- fit and score
@@ -323,7 +329,7 @@ def image_score_ablation(backbone: Backbone, categories: Sequence[CategoryData],
 
 
 ABLATIONS = ("layers", "finch_level", "level_rule", "clustering", "subsampling", "image_size", "sigma", "image_score",
-             "npad")
+             "npad", "prn")
 
 
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
@@ -341,6 +347,7 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
         "sigma": sigma_ablation(backbone, [data], plan.sigmas, config, fits),
         "image_score": image_score_ablation(backbone, [data], plan.image_score_rules, config, fits),
         "npad": npad_ablation(backbone, data, plan.npad_sweeps),
+        "prn": prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen, seed=run.seed),
     }
     if with_image_size:
         tables["image_size"] = image_size_ablation(

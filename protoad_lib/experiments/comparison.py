@@ -45,11 +45,17 @@ class Evaluation:
     outcomes: dict[tuple[str, str], MethodResult] = field(default_factory=dict)
 
 
-def method_options(protoad_max_vectors: int | None = None, seed: int = 0) -> dict[str, dict]:
-    """Options over the registry's defaults: ProtoAD's clustering budget and every seeded method's seed."""
+def method_options(protoad_max_vectors: int | None = None, seed: int = 0, prn_epochs: int | None = None,
+                   device: str = "cpu") -> dict[str, dict]:
+    """Options over the registry's defaults: ProtoAD's clustering budget, every seeded method's seed, and
+    PRN's schedule: the full one (700 epochs) on a CUDA device, else the CPU one, `prn_epochs` long when
+    given (the profile's: the demo trains briefly)."""
     config = ProtoADConfig(seed=seed) if protoad_max_vectors is None else \
         ProtoADConfig(max_vectors=int(protoad_max_vectors), seed=seed)
-    return {"protoad": {"config": config}, "patchcore": {"seed": seed}}
+    prn = {"seed": seed, "schedule": "full" if str(device).startswith("cuda") else "cpu"}
+    if prn_epochs is not None:
+        prn["epochs"] = int(prn_epochs)
+    return {"protoad": {"config": config}, "patchcore": {"seed": seed}, "prn": prn}
 
 
 def normal_scale(maps: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -94,7 +100,8 @@ def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
     method can move its expensive fitting step there (PatchCore's coreset selection).
     """
     methods = method_names() if methods is None else tuple(methods)
-    options = method_options(run.profile.max_vectors, run.seed) if options is None else options
+    options = method_options(run.profile.max_vectors, run.seed, run.profile.prn_epochs, run.device) \
+        if options is None else options
     store = run.store("evaluation", {"options": {m: options.get(m, {}) for m in methods}})
     outcomes: dict[tuple[str, str], MethodResult] = {}
     tests: dict[str, AnomalyDataset] = {}

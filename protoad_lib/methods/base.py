@@ -60,6 +60,8 @@ class AnomalyDetector(nn.Module, ABC):
     """
 
     method: str = "detector"
+    #: True for a trained method (PRN): it fits on images (`fit`), not on cached embeddings (`fit_features`).
+    fits_on_images: bool = False
 
     def __init__(self, backbone: Backbone, sigma: float = 4.0) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ from .base import AnomalyDetector
 from .npad import NPad
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .prn import PRN
 from .protoad import ProtoAD
 
 
@@ -57,6 +58,10 @@ REGISTRY: dict[str, MethodSpec] = {
         MethodSpec("npad", "N-pad (reconstructed)", NPad,
                    summary="N-pad reconstructed from its abstract: neighbourhood-pooled Gaussians + nominal centroids",
                    colour="tab:purple", published=("N-pad", "as published")),
+        MethodSpec("prn", "PRN (trained, ours)", PRN,
+                   summary="PRN, our implementation: a network trained on residuals to prototypes with synthesised "
+                           "anomalies (CPU schedule by default; --schedule full for a GPU)",
+                   colour="tab:cyan", published=("PRN", "supervised")),
     )
 }
 

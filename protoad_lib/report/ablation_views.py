@@ -15,13 +15,15 @@ from .evaluation_views import METRIC_LABELS
 
 #: Columns that are measurements of this machine (shown apart, never in the compared tables).
 MACHINE_DEPENDENT = ("prototype_s", "head_ms")
+#: Columns that are not one number per row (PRN's loss curves): plotted, never tabulated.
+SERIES = ("history",)
 
 
 def ablation_table(table: pd.DataFrame, decimals: int = 4, with_mean: bool = True) -> pd.DataFrame:
     """An ablation's rows rounded for display, with a ``mean`` row per setting when there are several
     categories (numbers of the reference setting are identical across ablations by construction).
     Timing columns (`MACHINE_DEPENDENT`) are left out; other float columns are rounded too."""
-    out = table.drop(columns=[c for c in MACHINE_DEPENDENT if c in table])
+    out = table.drop(columns=[c for c in (*MACHINE_DEPENDENT, *SERIES) if c in table])
     integers = [c for c in out.columns if pd.api.types.is_integer_dtype(out[c])]
     flags = [c for c in out.columns if pd.api.types.is_bool_dtype(out[c])]
     if with_mean and out["category"].nunique() > 1:
@@ -87,3 +89,18 @@ def ablation_summary(tables: Sequence[pd.DataFrame], decimals: int = 4) -> pd.Da
                          "K": "/".join(str(int(k)) for k in group["K"]),
                          **{m: round(float(group[m].mean()), decimals) for m in METRIC_COLUMNS}})
     return pd.DataFrame(rows)
+
+
+def loss_curve_figure(table: pd.DataFrame) -> Figure:
+    """PRN's mean training loss per epoch, one line per (category, setting) of its ablation."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for _, row in table.iterrows():
+        history = list(row["history"])
+        ax.plot(range(1, len(history) + 1), history, marker=".", label=f"{row['category']}: {row['setting']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss (SmoothL1 + 5 x focal)")
+    ax.set_title("PRN training loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
