@@ -24,9 +24,6 @@ class CacheFolder:
             return []
         return sorted(p for pattern in ("*.pt", ".*.tmp") for p in self.path.rglob(pattern) if p.is_file())
 
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files())
-
     def clear(self) -> tuple[int, int]:
         """Delete every entry; returns (files, bytes) removed."""
         files = self.files()

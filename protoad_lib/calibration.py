@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .methods import AnomalyDetector
+from .methods.npad import holdout_split
 
 PIXEL_QUANTILE = 0.999
 DEFAULT_FRACTION = 0.2
@@ -78,8 +79,7 @@ def held_out_indices(count: int, fraction: float, seed: int) -> tuple[torch.Tens
     held = round(count * fraction)
     if fraction <= 0 or held < 1 or count - held < MIN_FIT_IMAGES:
         return None
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return order[held:].sort().values, order[:held].sort().values
+    return holdout_split(count, fraction, seed)
 
 
 @torch.inference_mode()
