@@ -9,7 +9,8 @@ PROFILE ?= demo
 # Optional knobs of `make reproduce` (empty: the profile's defaults), e.g.
 #   make reproduce PROFILE=paper CATEGORIES=bottle,screw BACKBONE=wide_resnet50_2 DEVICE=cuda DATA_ROOT=/data/mvtec
 # RESULTS_DIR moves every table, figure, executed notebook and HTML page; REDO=1 recomputes what an
-# interrupted run stored (by default a rerun resumes); SMOKE=1 uses the smallest settings (a code-path check).
+# interrupted run stored (by default a rerun resumes); SMOKE=1 uses the smallest settings (a code-path check);
+# PRN_EPOCHS=3 shortens PRN's training (the schedule's 30 epochs take hours per category on a CPU).
 CATEGORIES ?=
 BACKBONE ?=
 DEVICE ?=
@@ -17,9 +18,11 @@ DATA_ROOT ?=
 RESULTS_DIR ?=
 REDO ?=
 SMOKE ?=
+PRN_EPOCHS ?=
 RUN_OPTIONS = $(if $(CATEGORIES),--param categories=$(CATEGORIES)) $(if $(BACKBONE),--param backbone=$(BACKBONE)) \
 	$(if $(DEVICE),--param device=$(DEVICE)) $(if $(DATA_ROOT),--param data_root=$(DATA_ROOT)) \
-	$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(REDO),--param redo=True) $(if $(SMOKE),--param smoke=True)
+	$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(REDO),--param redo=True) $(if $(SMOKE),--param smoke=True) \
+	$(if $(PRN_EPOCHS),--param prn_epochs=$(PRN_EPOCHS))
 
 .PHONY: reproduce test unit nbval notebooks bench bench-peers lab
 

@@ -140,7 +140,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     if args.seen_anomalies and args.method != "prn":
         raise CliError("--seen-anomalies is for trained methods (--method prn)")
     detector = make_detector(args.method, backbone, **(_prn_options(args) if args.method == "prn" else {}))
-    result = evaluate_on_category(detector, data, seen=args.seen_anomalies, seed=args.seed)
+    result = evaluate_on_category(detector, data, seen=args.seen_anomalies, seed=args.seed, device=args.device)
     metrics = result.metrics | {"embed_s": data.embed_s, "method": args.method, "backbone": args.backbone,
                                 "category": args.category}
     if args.method == "prn":

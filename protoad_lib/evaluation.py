@@ -97,14 +97,16 @@ def without_test_samples(data: CategoryData, indices: Sequence[int]) -> Category
 
 def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
                   test_embeddings: torch.Tensor | None = None, full_metrics: bool = False, seen: int = 0,
-                  seed: int = 0) -> Scored:
+                  seed: int = 0, device: str | torch.device = "cpu") -> Scored:
     """Fit on the cached train embeddings and score the test embeddings, without progress output.
 
     The backbone is skipped: the method's features are taken from the stride-4 embedding; the
     embeddings can be replaced (e.g. a layer subset for ProtoAD, whose features are the embedding).
     A trained method (`fits_on_images`, PRN) fits on the training images instead; with `seen` > 0 it
     also trains on that many real anomalies drawn (seeded) from the test set, which are then **removed
-    from the scored test set** and listed in `Scored.seen`.
+    from the scored test set** and listed in `Scored.seen`. A trained method trains on `device` (e.g.
+    "cuda"), then moves to the CPU, where the cached embeddings it is scored on live; the training-free
+    methods fit on the CPU embeddings whatever `device` is.
     """
     train = data.train_embeddings if train_embeddings is None else train_embeddings
     detector.progress = False
@@ -112,7 +114,8 @@ def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embedding
     start = time.perf_counter()
     if detector.fits_on_images:
         pairs = [(data.test[i]["image"], data.test[i]["mask"]) for i in chosen]
-        detector.fit(data.train, progress=False, **({"seen": pairs} if pairs else {}))
+        detector.fit(data.train, progress=False, device=device, **({"seen": pairs} if pairs else {}))
+        detector.to("cpu")
     elif chosen:
         raise ValueError(f"{detector.method} is training-free: it cannot use seen anomalies")
     else:
@@ -125,10 +128,11 @@ def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embedding
     return scored
 
 
-def evaluate_on_category(detector: AnomalyDetector, data: CategoryData, seen: int = 0, seed: int = 0) -> Scored:
+def evaluate_on_category(detector: AnomalyDetector, data: CategoryData, seen: int = 0, seed: int = 0,
+                         device: str | torch.device = "cpu") -> Scored:
     """Fit on the cached train embeddings, score the test ones, all metrics plus timings and counts
     (`n_test`: the images scored, i.e. without any `seen` anomalies, see `fit_and_score`)."""
-    scored = fit_and_score(detector, data, full_metrics=True, seen=seen, seed=seed)
+    scored = fit_and_score(detector, data, full_metrics=True, seen=seen, seed=seed, device=device)
     scored.metrics |= {"fit_s": scored.fit_s, "infer_s": scored.infer_s, "n_train": len(data.train),
                        "n_test": len(data.test) - len(scored.seen)}
     return scored

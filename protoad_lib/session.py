@@ -23,6 +23,7 @@ from .data import AnomalyDataset
 from .evaluation import CategoryData, load_category
 from .resume import ResultStore
 from .features import CacheKey, FeatureCache
+from .methods.prn import SCHEDULES, schedule_for
 from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, DatasetSpec, Profile, dataset_root, get_profile, smoke_version
 from .progress import progress_bar
 
@@ -141,6 +142,11 @@ class RunSetup:
         the same settings skips what is stored, other settings recompute it, `redo=True` recomputes all."""
         return ResultStore(self.results_dir / "cache" / name, self.fingerprint() | dict(settings or {}), self.redo)
 
+    @property
+    def prn_epochs(self) -> int:
+        """How long PRN trains in this run: the profile's length, else its schedule's on the run's device."""
+        return self.profile.prn_epochs or SCHEDULES[schedule_for(self.device)]["epochs"]
+
     def describe(self) -> str:
         """A deterministic summary (no absolute paths inside the repository)."""
         lines = [
@@ -151,6 +157,7 @@ class RunSetup:
             f"device     : {self.device}",
             f"image size : resize {self.profile.resize} -> center crop {self.profile.image_size}",
             f"seed       : {self.seed}",
+            f"PRN        : {self.prn_epochs} epochs, {schedule_for(self.device)} schedule",
             f"data dir   : {relative(self.profile.data_dir)}",
             f"results    : {relative(self.results_dir) if self.results_dir.is_relative_to(REPO_ROOT) else '(outside the repository)'}",
         ]
@@ -178,7 +185,8 @@ def _results_dir(profile: Profile, results_dir: str | Path | None) -> Path:
 
 def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, backbone: str | None = None,
           device: str = "cpu", data_root: str | Path | None = None, results_dir: str | Path | None = None,
-          smoke: bool = False, redo: bool = False, quiet: bool | None = None) -> RunSetup:
+          smoke: bool = False, redo: bool = False, prn_epochs: int | None = None,
+          quiet: bool | None = None) -> RunSetup:
     """Resolve a notebook's parameters cell into a `RunSetup`, seed everything, and quiet the output.
 
     `categories`: None (all of the profile), a list, or a comma-separated string. `backbone`: None for
@@ -188,12 +196,18 @@ def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, 
     directly; `$MVTEC_AD_ROOT` / `$BTAD_ROOT` point at local copies too. `results_dir`: where every CSV
     and figure goes (None: `$PROTOAD_RESULTS_DIR`, else `<repo>/results/<profile>`). `smoke`: the
     profile's smallest settings (`profiles.smoke_version`, for CI). `redo`: recompute results stored by
-    an earlier, interrupted run. `quiet` (default: only for the demo): no progress bars (`TQDM_DISABLE`)
+    an earlier, interrupted run. `prn_epochs`: PRN's training length instead of the profile's (None: the
+    demo's 15, else the schedule's: 30 on a CPU, 700 on CUDA; a short one makes a CPU paper run
+    affordable, and the tables say the length). `quiet` (default: only for the demo): no progress bars (`TQDM_DISABLE`)
     and no tqdm widget warning, so re-executed notebooks print the same text; a paper run shows them.
     """
     chosen = get_profile(profile)
     if smoke:
         chosen = smoke_version(chosen)
+    if prn_epochs is not None:
+        if int(prn_epochs) < 1:
+            raise ValueError(f"prn_epochs must be a positive number of epochs, got {prn_epochs!r}")
+        chosen = replace(chosen, prn_epochs=int(prn_epochs))
     quiet = chosen.name == "demo" if quiet is None else quiet
     selected = _selected_categories(chosen, categories)
     given_roots: dict[str, Path] = {}

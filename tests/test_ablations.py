@@ -1,6 +1,8 @@
 """ProtoAD ablations on a tiny synthetic category (real backbone pass, real FINCH, real metrics)."""
 
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -141,6 +143,17 @@ def test_ablation_plan_follows_the_profile_budget():
     assert plan.max_vectors == get_profile("demo").max_vectors == plan.config().max_vectors
     assert plan.budgets[-1] == plan.max_vectors and "coreset" not in plan.strategies
     assert ablations.ablation_plan(get_profile("paper")).max_vectors > plan.max_vectors
+
+
+def test_prn_ablation_follows_the_device_and_trains_once_per_paper_run():
+    demo = ablations.ablation_plan(get_profile("demo"))
+    assert (demo.prn_epochs, demo.prn_schedule, demo.prn_categories) == ((5, 15), "cpu", None)
+    cpu = ablations.ablation_plan(get_profile("paper"))
+    assert (cpu.prn_epochs, cpu.prn_seen, cpu.prn_schedule, cpu.prn_categories) == ((10, 30), (10,), "cpu", 1)
+    gpu = ablations.ablation_plan(get_profile("paper"), "cuda:0")
+    assert (gpu.prn_epochs, gpu.prn_schedule) == ((233, 700), "full")
+    short = ablations.ablation_plan(replace(get_profile("paper"), prn_epochs=3), "cuda")
+    assert short.prn_epochs == (1, 3) and short.prn_schedule == "full"
 
 
 def test_ablation_table_adds_means(backbone, data, config, fits):

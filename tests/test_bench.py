@@ -169,3 +169,13 @@ def test_fit_time_vs_images_rows_table_and_figure(random_lite0):
 def test_a_failing_peer_row_is_warned_about():
     with pytest.warns(RuntimeWarning, match="anomalib_patchcore was left out: ValueError: broken"):
         assert bench.peer_failure("anomalib_patchcore", ValueError("broken")) == "ValueError: broken"
+
+
+def test_paper_profile_benchmarks_prn_after_one_epoch(random_lite0):
+    from protoad_lib.profiles import get_profile
+
+    assert bench.benchmark_settings(get_profile("paper")).method_options() == {"prn": {"epochs": 1}}
+    assert bench.benchmark_settings(get_profile("demo")).method_options() == {}
+    images = torch.rand(2, 3, 64, 64)
+    fitted = bench.fit_method("prn", random_lite0, images, "cpu", options={"epochs": 1, "width": 4})
+    assert fitted.detector.epochs == 1 and len(fitted.detector.history) == 1

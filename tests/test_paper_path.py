@@ -69,4 +69,16 @@ def test_all_seven_notebooks_run_on_the_paper_layouts(paper_layout, tmp_path):
     counts = pd.read_csv(out / "01_counts.csv", dtype={"category": str})
     assert set(counts["category"]) == set(CATEGORIES)
     assert (out / "05_overlays.png").is_file() and (out / "07_summary.csv").is_file()
+    prn = pd.read_csv(out / "07_prn.csv", dtype={"category": str})
+    assert set(prn["category"]) == {"bottle"}  # PRN's ablation trains on the first category only
     assert (out / "html" / "index.html").read_text().count("<li>") == 7
+
+
+def test_prn_training_length_is_a_run_setting(paper_layout, tmp_path):
+    default, short = paper_run(paper_layout, tmp_path), paper_run(paper_layout, tmp_path, prn_epochs=3)
+    assert default.prn_epochs == 1 and short.prn_epochs == 3  # smoke: one epoch unless asked
+    assert "PRN        : 3 epochs, cpu schedule" in short.describe()
+    assert comparison.method_options(prn_epochs=short.profile.prn_epochs)["prn"]["epochs"] == 3
+    assert setup("paper", ["bottle"], device="cuda").prn_epochs == 700
+    with pytest.raises(ValueError, match="prn_epochs"):
+        paper_run(paper_layout, tmp_path, prn_epochs=0)

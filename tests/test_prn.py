@@ -220,3 +220,25 @@ def test_seen_anomalies_are_trained_on_and_absent_from_the_scored_test_set(tiny_
     assert len(scored.predictions.scores) == len(data.test) - 2
     with pytest.raises(ValueError, match="training-free"):
         fit_and_score(make_detector("padim", random_lite0), data, seen=1)
+
+
+def test_a_trained_method_trains_on_the_runs_device_and_is_scored_on_the_cpu(tiny_benchmark, random_lite0,
+                                                                             monkeypatch):
+    from protoad_lib.evaluation import fit_and_score, load_category
+    from protoad_lib.methods import make_detector
+
+    data = load_category(random_lite0, tiny_benchmark, "weave", resize=64, image_size=64, progress=False)
+    devices = []
+    original_fit = PRN.fit
+
+    def recording_fit(self, *args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(PRN, "fit", recording_fit)
+    detector = make_detector("prn", random_lite0, epochs=1)
+    scored = fit_and_score(detector, data, device="cpu:0")
+    assert devices == ["cpu:0"] and len(detector.history) == 1 and 0 < detector.train_s < scored.fit_s
+    assert {p.device.type for p in detector.parameters()} == {"cpu"}
+    assert len(scored.predictions.scores) == len(data.test)
+

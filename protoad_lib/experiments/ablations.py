@@ -24,6 +24,7 @@ from ..features import FeatureCache, combine_layers
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
+from ..methods.prn import SCHEDULES, schedule_for
 from ..profiles import DatasetSpec, Profile
 from ..session import RunSetup
 from .level_rule import level_rule_ablation
@@ -50,15 +51,22 @@ class AblationPlan:
     npad_sweeps: tuple[tuple[str, tuple], ...] = NPAD_SWEEPS
     prn_epochs: tuple[int, ...] = (5, 15)  # the last is the reference training length
     prn_seen: tuple[int, ...] = (2,)
+    prn_schedule: str = "cpu"
+    prn_categories: int | None = None  # how many categories PRN's ablation trains on (None: all)
 
     def config(self, seed: int = 0) -> ProtoADConfig:
         """The reference ProtoAD configuration every ablation starts from."""
         return ProtoADConfig(max_vectors=self.max_vectors, seed=seed)
 
 
-def ablation_plan(profile: Profile) -> AblationPlan:
+def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
     """The profile's clustering budget (`Profile.max_vectors`) as the reference; the demo re-extracts
     features at other image sizes for one category only.
+
+    PRN trains with the schedule of `device` (`prn.schedule_for`: "full" on CUDA, "cpu" elsewhere) for a
+    third of its epochs, all of them, and all of them with a few seen anomalies (`Profile.prn_epochs`
+    replaces the schedule's length). The paper profile runs PRN's ablation on the first category only:
+    three trainings per category would add hours per category on a CPU (see README, "Paper-scale cost").
 
     Coreset *subsampling* is left out of both plans (pass it in `strategies` to run it): the greedy
     selection runs on the CPU in `clustering.subsample_indices` and costs one pass over all training
@@ -72,12 +80,15 @@ def ablation_plan(profile: Profile) -> AblationPlan:
                             image_size_categories=1, sigmas=(0, 4), image_score_rules=("max",),
                             npad_sweeps=(("radius", (0, 1)), ("n_centroids", (0, 16)),
                                          ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))),
-                            prn_epochs=(1,), prn_seen=(1,))
-    epochs = profile.prn_epochs or 30
+                            prn_epochs=(1,), prn_seen=(1,), prn_categories=1)
+    schedule = schedule_for(device)
+    epochs = profile.prn_epochs or SCHEDULES[schedule]["epochs"]
+    demo = profile.name == "demo"
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
-                        image_size_categories=1 if profile.name == "demo" else None,
-                        prn_epochs=(max(1, epochs // 3), epochs), prn_seen=(2,) if profile.name == "demo" else (10,))
+                        image_size_categories=1 if demo else None,
+                        prn_epochs=(max(1, epochs // 3), epochs), prn_seen=(2,) if demo else (10,),
+                        prn_schedule=schedule, prn_categories=None if demo else 1)
 
 
 # --------------------------------------------------------------------------- fit and score
@@ -333,8 +344,9 @@ ABLATIONS = ("layers", "finch_level", "level_rule", "clustering", "subsampling",
 
 
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
-                    with_image_size: bool) -> dict[str, pd.DataFrame]:
-    """Every ablation of `plan` on one category, sharing one reference fit (tables by `ABLATIONS` name)."""
+                    with_image_size: bool, with_prn: bool = True) -> dict[str, pd.DataFrame]:
+    """Every ablation of `plan` on one category, sharing one reference fit (tables by `ABLATIONS` name);
+    the image-size and PRN ablations only when asked (`with_image_size`, `with_prn`)."""
     backbone = run.backbone
     data = run.load(spec, category)
     fits = fit_baselines(backbone, [data], config)
@@ -347,8 +359,10 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
         "sigma": sigma_ablation(backbone, [data], plan.sigmas, config, fits),
         "image_score": image_score_ablation(backbone, [data], plan.image_score_rules, config, fits),
         "npad": npad_ablation(backbone, data, plan.npad_sweeps),
-        "prn": prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen, seed=run.seed),
     }
+    if with_prn:
+        tables["prn"] = prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen, {"schedule": plan.prn_schedule},
+                                     seed=run.seed, device=run.device)
     if with_image_size:
         tables["image_size"] = image_size_ablation(
             backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,
@@ -362,11 +376,12 @@ def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> d
     memory at a time), each category's tables stored as it finishes so an interrupted run resumes there."""
     store = run.store("ablations", {"plan": asdict(plan), "config": asdict(config)})
     sized = run.category_names[: plan.image_size_categories]
+    trained = run.category_names[: plan.prn_categories]
     per_category = []
     for spec, category in run.each_category("ablations"):
         tables = store.load(category)
         if tables is None:
-            tables = ablate_category(run, spec, category, plan, config, category in sized)
+            tables = ablate_category(run, spec, category, plan, config, category in sized, category in trained)
             store.save(tables, category)
         per_category.append(tables)
     return {name: pd.concat([tables[name] for tables in per_category if name in tables], ignore_index=True)

@@ -7,7 +7,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,11 +50,11 @@ MINI_TRAIN_IMAGES = 16  # training images per category of the synthetic mini ben
 ANOMALIB_METHODS: tuple[str, ...] = ("anomalib_patchcore", "anomalib_padim")
 
 
-def build_detector(method: str, backbone: Backbone) -> AnomalyDetector:
-    """A fresh, unfitted detector for a benchmark method name."""
+def build_detector(method: str, backbone: Backbone, **options: Any) -> AnomalyDetector:
+    """A fresh, unfitted detector for a benchmark method name (`options` over the registry's defaults)."""
     if method not in DEFAULT_METHODS:
         raise ValueError(f"Unknown method {method!r}; choose from {DEFAULT_METHODS + ANOMALIB_METHODS}")
-    return make_detector(method, backbone)
+    return make_detector(method, backbone, **options)
 
 
 def state_mb(detector: nn.Module) -> float | None:
@@ -85,6 +85,11 @@ class BenchmarkSettings:
     bank_sizes: tuple[int, ...]
     include_anomalib: bool
     fit_counts: tuple[int, ...]
+    prn_epochs: int | None = None  # PRN's training length here (None: its schedule's)
+
+    def method_options(self) -> dict[str, dict]:
+        """Options over the registry's defaults for `run_benchmark(..., options=...)`."""
+        return {} if self.prn_epochs is None else {"prn": {"epochs": self.prn_epochs}}
 
 
 def benchmark_settings(profile: Profile) -> BenchmarkSettings:
@@ -92,8 +97,10 @@ def benchmark_settings(profile: Profile) -> BenchmarkSettings:
     Paper: fit on the category's whole training set (`n_images=None`; e.g. bottle: 209 images, a PatchCore
     bank of 16,385 vectors at 10 %), so the speeds are those of the paper's setting; batch 1 / 8 / 32,
     10 timed runs, the harness' default K and bank-size sweeps. `fit_counts`: training-set sizes of the
-    fit-time growth curve (`fit_scaling`). anomalib rows whenever the `peers` extra is installed. A smoke
-    profile: 4 images, one timed run."""
+    fit-time growth curve (`fit_scaling`). anomalib rows whenever the `peers` extra is installed. PRN
+    trains for one epoch in the paper profile: its speed does not depend on how long it trained, and its
+    schedule's training time (hours per category on a CPU) is notebook 05's. A smoke profile: 4 images,
+    one timed run."""
     if profile.smoke:
         return BenchmarkSettings(batch_sizes=(1, 2), n_images=4, warmup=0, repeats=1, head_ks=(10, 100),
                                  bank_sizes=(100, 1_000), include_anomalib=False, fit_counts=(2, 4))
@@ -103,7 +110,8 @@ def benchmark_settings(profile: Profile) -> BenchmarkSettings:
                                  include_anomalib=True, fit_counts=(4, 8, 16))
     return BenchmarkSettings(batch_sizes=(1, 8, 32), n_images=None, warmup=2, repeats=10,
                              head_ks=(10, 30, 100, 300, 1_000, 3_000, 10_000),
-                             bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True, fit_counts=(25, 50, 100, 200))
+                             bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True, fit_counts=(25, 50, 100, 200),
+                             prn_epochs=1)
 
 
 @dataclass
@@ -192,6 +200,7 @@ def run_benchmark(
     warmup: int = 2,
     weights: str = "imagenet",
     include_anomalib: bool = True,
+    options: Mapping[str, dict] | None = None,
 ) -> dict[str, Any]:
     """Time the backbone alone and every method end to end, with one backbone object, images and process.
 
@@ -201,12 +210,13 @@ def run_benchmark(
     `images_per_s` = batch_size / p50) and the post-backbone head on precomputed maps (`head_ms`).
     `anomalib_patchcore` / `anomalib_padim` rows are added when anomalib is importable
     (`include_anomalib`); otherwise env["anomalib"] is None. `threads` sets torch's and faiss'
-    thread counts for the run (recorded in env) and restores the previous ones afterwards.
+    thread counts for the run (recorded in env) and restores the previous ones afterwards. `options`:
+    per method name, constructor options over the registry's defaults (recorded in env).
     """
     previous = set_threads(threads) if threads is not None else None
     try:
         return _run_benchmark(backbone_name, methods, batch_sizes, device, data_root, category, image_size,
-                              n_images, repeats, threads, progress, warmup, weights, include_anomalib)
+                              n_images, repeats, threads, progress, warmup, weights, include_anomalib, options or {})
     finally:
         if previous is not None:
             set_threads(*previous)
@@ -215,14 +225,14 @@ def run_benchmark(
 def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequence[int],
                    device: str | torch.device, data_root: str | Path | None, category: str | None,
                    image_size: int, n_images: int, repeats: int, threads: int | None, progress: bool,
-                   warmup: int, weights: str, include_anomalib: bool) -> dict[str, Any]:
+                   warmup: int, weights: str, include_anomalib: bool, options: Mapping[str, dict]) -> dict[str, Any]:
     device = torch.device(device)
     backbone = load_backbone(backbone_name, weights=weights).to(device).eval()
     images, data_info = load_images(data_root, category, image_size, n_images)
     env = environment(device, threads) | {
         "backbone": backbone_name, "weights": weights, "batch_sizes": [int(b) for b in batch_sizes],
         "warmup": warmup, "repeats": repeats, **data_info, "timing": TIMING_NOTE, "memory": MEMORY_NOTE,
-    }
+    } | ({"method_options": {m: dict(o) for m, o in options.items()}} if options else {})
     method_list = [m for m in dict.fromkeys(methods) if m != "backbone"]  # the backbone row is always there
     if include_anomalib and env["anomalib"] is not None:
         method_list += [m for m in ANOMALIB_METHODS if m not in method_list]
@@ -233,7 +243,7 @@ def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequ
     errors: dict[str, str] = {}
     for method in progress_bar(method_list, desc="fit", enabled=progress):
         try:
-            fitted[method] = fit_method(method, backbone, images, device, progress)
+            fitted[method] = fit_method(method, backbone, images, device, progress, options.get(method, {}))
         except Exception as error:  # noqa: BLE001
             if not method.startswith("anomalib_"):
                 raise
@@ -295,13 +305,14 @@ def peer_failure(method: str, error: Exception) -> str:
 
 
 def fit_method(method: str, backbone: Backbone, images: torch.Tensor, device: torch.device | str,
-               progress: bool = False) -> _Fitted:
-    """Build and fit one method on the train images; time and peak memory of the fit."""
+               progress: bool = False, options: Mapping[str, Any] | None = None) -> _Fitted:
+    """Build (`options` over the registry's defaults) and fit one method on the train images; time and peak
+    memory of the fit."""
     baseline = memory_in_use_mb(device)
     if method.startswith("anomalib_"):
         detector: nn.Module = AnomalibDetector(method.removeprefix("anomalib_"), backbone)
     else:
-        detector = build_detector(method, backbone)
+        detector = build_detector(method, backbone, **(options or {}))
         if hasattr(detector, "progress"):
             detector.progress = progress
     with PeakMemory(device, baseline) as memory:

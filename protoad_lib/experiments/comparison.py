@@ -18,6 +18,7 @@ from ..data import AnomalyDataset, example_indices
 from ..evaluation import CategoryData, fit_and_score
 from ..methods import fitted_size, make_detector, method_names
 from ..methods.protoad import ProtoADConfig
+from ..methods.prn import schedule_for
 from ..session import RunSetup
 
 #: Defect types per category whose first image is kept for the overlay figures.
@@ -52,7 +53,7 @@ def method_options(protoad_max_vectors: int | None = None, seed: int = 0, prn_ep
     given (the profile's: the demo trains briefly)."""
     config = ProtoADConfig(seed=seed) if protoad_max_vectors is None else \
         ProtoADConfig(max_vectors=int(protoad_max_vectors), seed=seed)
-    prn = {"seed": seed, "schedule": "full" if str(device).startswith("cuda") else "cpu"}
+    prn = {"seed": seed, "schedule": schedule_for(device)}
     if prn_epochs is not None:
         prn["epochs"] = int(prn_epochs)
     return {"protoad": {"config": config}, "patchcore": {"seed": seed}, "prn": prn}
@@ -73,11 +74,12 @@ def normal_scale(maps: torch.Tensor, labels: torch.Tensor) -> tuple[float, float
 
 def score_method(backbone: Backbone, data: CategoryData, dataset: str, method: str, options: Mapping[str, dict],
                  device: str | None = None) -> MethodResult:
-    """Fit one registered method on a category's cached train embeddings and score its test set."""
+    """Fit one registered method on a category's cached train embeddings and score its test set (a trained
+    method, PRN, trains on `device`)."""
     detector = make_detector(method, backbone, **options.get(method, {}))
     if device is not None and hasattr(detector, "coreset_device"):
         detector.coreset_device = device
-    scored = fit_and_score(detector, data, full_metrics=True)
+    scored = fit_and_score(detector, data, full_metrics=True, device=device or "cpu")
     maps = scored.predictions.maps
     keys = {"dataset": dataset, "category": data.name, "method": method}
     return MethodResult(

@@ -13,9 +13,10 @@ from ..methods import make_detector
 
 
 def prn_ablation(backbone: Backbone, data: CategoryData, epochs: Sequence[int], seen: Sequence[int],
-                 options: dict | None = None, seed: int = 0) -> pd.DataFrame:
-    """PRN trained for each of `epochs` (synthetic anomalies only), then at the last of them with each
-    nonzero count of `seen` real anomalies (drawn with `seed` from the test set and scored without them).
+                 options: dict | None = None, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
+    """PRN (`options` over the registry's defaults) trained on `device` for each of `epochs` (synthetic
+    anomalies only), then at the last of them with each nonzero count of `seen` real anomalies (drawn with
+    `seed` from the test set and scored without them).
 
     Columns: setting, epochs, seen, excluded (the test images trained on, as <defect>/<file>), final_loss, history (the
     per-epoch mean loss), K (0: PRN has no prototype budget to report), metrics.
@@ -24,7 +25,7 @@ def prn_ablation(backbone: Backbone, data: CategoryData, epochs: Sequence[int], 
     rows = []
     for n_epochs, n_seen in settings:
         detector = make_detector("prn", backbone, **{**(options or {}), "epochs": n_epochs, "seed": seed})
-        scored = fit_and_score(detector, data, seen=n_seen, seed=seed)
+        scored = fit_and_score(detector, data, seen=n_seen, seed=seed, device=device)
         label = f"{n_epochs} epochs" + (f" + {n_seen} seen" if n_seen else "")
         excluded = ";".join("/".join(Path(path).parts[-2:]) for path in scored.seen)
         rows.append({"ablation": "prn", "setting": label, "category": data.name, "epochs": n_epochs,

@@ -21,6 +21,7 @@ weight decay 0: 1.0 / 0.956 and 0.945, with weight decay 1e-2: 0.972 / 0.928 (se
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -45,6 +46,11 @@ SCHEDULES: dict[str, dict] = {
 }
 
 SeenAnomalies = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+def schedule_for(device: str | torch.device) -> str:
+    """The schedule a run on `device` trains with: "full" on a CUDA device, "cpu" elsewhere."""
+    return "full" if str(device).startswith("cuda") else "cpu"
 
 
 def stacked_images(data: Dataset | Iterable, batch_size: int) -> torch.Tensor:
@@ -117,6 +123,7 @@ class PRN(AnomalyDetector):
         for layer in range(len(backbone.channels)):
             self.register_buffer(f"prototypes_{layer}", None)
         self.history: list[float] = []
+        self.train_s: float | None = None  # seconds the last fit spent training the network (after features, prototypes)
 
     # --- modes and state ------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "PRN":
@@ -200,10 +207,12 @@ class PRN(AnomalyDetector):
                                          self.perlin_threshold, seen or (), self.seen_fraction)
         settings = TrainSettings(self.epochs, self.train_batch_size, self.lr, self.weight_decay,
                                  self.focal_weight, self.seed, self.lr_decay)
+        start = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():
             self.train()
             logits_of = partial(self.training_logits, maps)
             self.history = train_network(self.network, logits_of, images, synthesiser, settings, device, progress)
+        self.train_s = time.perf_counter() - start
         return self.eval()
 
     def training_logits(self, normal_maps: list[torch.Tensor], images01: torch.Tensor, index: torch.Tensor,
