@@ -26,3 +26,17 @@ def test_benchmark_has_working_anomalib_rows(tiny_benchmark):
                            warmup=0, progress=False)
     assert "anomalib_errors" not in result["env"]
     assert {r["method"] for r in result["results"]} == {"backbone", "protoad", "anomalib_patchcore", "anomalib_padim"}
+
+
+def test_our_coreset_sampler_picks_anomalibs_own_embeddings(random_lite0):
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    batches = [{"image": images[:2]}, {"image": images[2:]}]
+    every = AnomalibDetector("patchcore", random_lite0, coreset_fraction=1.0).fit(batches).memory_bank
+    ours = AnomalibDetector("patchcore", random_lite0, coreset_sampler="ours").fit(batches)
+    assert len(ours.memory_bank) == int(0.1 * len(every))
+    distances = torch.cdist(ours.memory_bank, every, compute_mode="donot_use_mm_for_euclid_dist")
+    assert distances.min(dim=1).values.max() < 1e-5  # a subset of anomalib's own embeddings
+    maps, scores = ours(images[:3])
+    assert maps.shape == (3, 64, 64) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="coreset_sampler"):
+        AnomalibDetector("patchcore", random_lite0, coreset_sampler="random")

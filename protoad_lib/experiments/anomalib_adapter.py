@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..methods.coreset import GreedyCoresetSampler
+
+CORESET_SAMPLERS = ("anomalib", "ours")
 
 
 class _BackboneAsTimmExtractor(nn.Module):
@@ -40,12 +43,21 @@ class AnomalibDetector(nn.Module):
     Fitting follows anomalib's training loop: forward passes in train mode collect embeddings, then
     `subsample_embedding` (PatchCore's coreset) or `fit` (PaDiM's Gaussians). The `peers` extra pins
     the anomalib version this is written against.
+
+    `coreset_sampler` (PatchCore): "anomalib" (its `KCenterGreedy`) or "ours" (`GreedyCoresetSampler`, the
+    same greedy k-center rule on a 128-dimensional projection) choosing the memory bank among anomalib's own
+    embeddings. "ours" times anomalib's *inference* at category scale where its selection does not fit in
+    memory (on this 24 GiB machine it was killed at 25 training images); its fit time is then not anomalib's.
     """
 
-    def __init__(self, kind: str, backbone: Backbone, coreset_fraction: float = 0.1) -> None:
+    def __init__(self, kind: str, backbone: Backbone, coreset_fraction: float = 0.1,
+                 coreset_sampler: str = "anomalib") -> None:
         super().__init__()
+        if coreset_sampler not in CORESET_SAMPLERS:
+            raise ValueError(f"coreset_sampler must be one of {CORESET_SAMPLERS}, got {coreset_sampler!r}")
         self.kind = kind
         self.coreset_fraction = coreset_fraction
+        self.coreset_sampler = coreset_sampler
         if kind == "patchcore":
             from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
@@ -75,7 +87,12 @@ class AnomalibDetector(nn.Module):
         self.model.train()
         for batch in batches:
             self.model(batch["image"].to(device))
-        if self.kind == "patchcore":
+        if self.kind == "patchcore" and self.coreset_sampler == "ours":
+            embeddings = torch.vstack(self.model.embedding_store)
+            self.model.embedding_store.clear()
+            chosen = GreedyCoresetSampler(fraction=self.coreset_fraction, progress=False).select(embeddings)
+            self.model.memory_bank = embeddings[chosen.to(embeddings.device)]
+        elif self.kind == "patchcore":
             self.model.subsample_embedding(self.coreset_fraction)
         else:
             self.model.fit()

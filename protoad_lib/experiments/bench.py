@@ -310,7 +310,7 @@ def fit_method(method: str, backbone: Backbone, images: torch.Tensor, device: to
     memory of the fit."""
     baseline = memory_in_use_mb(device)
     if method.startswith("anomalib_"):
-        detector: nn.Module = AnomalibDetector(method.removeprefix("anomalib_"), backbone)
+        detector: nn.Module = AnomalibDetector(method.removeprefix("anomalib_"), backbone, **(options or {}))
     else:
         detector = build_detector(method, backbone, **(options or {}))
         if hasattr(detector, "progress"):
