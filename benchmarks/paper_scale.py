@@ -1,7 +1,7 @@
 """Paper-scale cost: wall time and peak memory of each notebook on one category of MVTec AD's largest size.
 
 Usage: python benchmarks/paper_scale.py [--backbone wide_resnet50_2@random] [--n-train 391] [--prn-epochs 1]
-       [--json OUT]
+       [--json OUT] [--work-dir DIR]
 
 A synthetic category in the MVTec layout with the train/test sizes of MVTec AD's largest category (391
 train / 110 test images, 256 px) goes through every notebook of the paper profile, one runner process
@@ -52,7 +52,8 @@ def category(root: Path, n_train: int, n_test_good: int, n_test_per_defect: int)
     source = generate_mini_benchmark(root / "source", n_train=n_train, n_test_good=n_test_good,
                                      n_test_per_defect=n_test_per_defect, categories=["weave"])
     data = root / "data"
-    shutil.copytree(source / "weave", data / "hazelnut")
+    if not (data / "hazelnut").is_dir():  # copied with its files' times, so the feature cache stays valid
+        shutil.copytree(source / "weave", data / "hazelnut")
     return data
 
 
@@ -112,22 +113,29 @@ def main() -> None:
     parser.add_argument("--n-test-good", type=int, default=20)
     parser.add_argument("--n-test-per-defect", type=int, default=30)
     parser.add_argument("--prn-epochs", type=int, default=1)
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="results, written after every notebook; a rerun with the same settings "
+                                        "and --work-dir skips the notebooks it holds")
+    parser.add_argument("--work-dir", help="keep the data and results here (default: a temporary folder)")
     args = parser.parse_args()
     n_images = args.n_train + args.n_test_good + 3 * args.n_test_per_defect
     result: dict = {"backbone": args.backbone, "n_train": args.n_train, "n_test": n_images - args.n_train,
                     "prn_epochs": args.prn_epochs, "notebooks": []}
+    if args.json and args.work_dir and Path(args.json).is_file():
+        earlier = json.loads(Path(args.json).read_text())
+        if all(earlier.get(key) == value for key, value in result.items() if key != "notebooks"):
+            result["notebooks"] = earlier["notebooks"]
 
     def record() -> None:  # what is measured so far survives an interruption
         print(json.dumps(result, indent=2), flush=True)
         if args.json:
             write_text_atomically(args.json, json.dumps(result, indent=2) + "\n")
 
-    with tempfile.TemporaryDirectory() as folder:
-        data = category(Path(folder), args.n_train, args.n_test_good, args.n_test_per_defect)
-        for number in NOTEBOOKS:
-            result["notebooks"].append(run_notebook(number, data, Path(folder) / "results", args.backbone,
-                                                    args.prn_epochs))
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(args.work_dir or temporary)
+        data = category(folder, args.n_train, args.n_test_good, args.n_test_per_defect)
+        done = {row["notebook"] for row in result["notebooks"]}
+        for number in [n for n in NOTEBOOKS if n not in done]:
+            result["notebooks"].append(run_notebook(number, data, folder / "results", args.backbone, args.prn_epochs))
             record()
         result["prn_one_epoch"] = prn_epoch_seconds(data, args.backbone)
     result["total_s"] = round(sum(row["seconds"] for row in result["notebooks"]), 1)

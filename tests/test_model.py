@@ -16,6 +16,8 @@ def test_prototype_head_equals_brute_force_nearest_prototype_distance():
     prototypes = torch.randn(57, 40, generator=generator)
     head = PrototypeHead(prototypes)
     torch.testing.assert_close(head(features), nearest_prototype_distance(features, prototypes), atol=1e-5, rtol=0)
+    whole = nearest_prototype_distance(features, prototypes, batch_size=len(features))
+    assert torch.equal(nearest_prototype_distance(features, prototypes, batch_size=1), whole)
 
 
 @pytest.mark.parametrize("sigma", [1.0, 4.0])
@@ -82,3 +84,17 @@ def test_per_layer_head_equals_the_concatenated_network(grid, band_bytes, monkey
     from protoad_lib.features import combine_layers
 
     torch.testing.assert_close(head.forward_maps(maps), head(combine_layers(maps)), atol=1e-5, rtol=0)
+
+
+def test_prototype_usage_counts_every_patch_once_whatever_the_batch():
+    import torch.nn.functional as F
+
+    from protoad_lib.methods.protoad import prototype_usage
+
+    generator = torch.Generator().manual_seed(0)
+    features, prototypes = torch.randn(5, 6, 4, 3, generator=generator), torch.randn(7, 6, generator=generator)
+    patches = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, 6), dim=1)
+    expected = np.bincount((patches @ F.normalize(prototypes, dim=1).T).argmax(dim=1).numpy(), minlength=7)
+    assert expected.sum() == 5 * 4 * 3
+    for batch_size in (1, 2, 5, 8):
+        assert (prototype_usage(features, prototypes, batch_size) == expected).all()

@@ -213,17 +213,24 @@ class ProtoAD(AnomalyDetector):
         return cls(backbone, sigma=sigma, config=ProtoADConfig(**options), prototypes=tensors["prototypes"])
 
 
-def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Brute-force reference: 1 - max cosine similarity of every patch to every prototype, [B, h, w]."""
-    batch, channels, height, width = features.shape
-    patches = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, channels).double(), dim=1)
-    similarity = patches @ F.normalize(prototypes.double(), dim=1).T
-    return (1.0 - similarity.max(dim=1).values).view(batch, height, width).float()
+def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Brute-force reference: 1 - max cosine similarity of every patch to every prototype, [B, h, w], in
+    float64, `batch_size` images at a time (bounded memory on a paper-sized test set)."""
+    units = F.normalize(prototypes.double(), dim=1)
+    distances = []
+    for chunk in features.split(batch_size):
+        batch, channels, height, width = chunk.shape
+        patches = F.normalize(chunk.permute(0, 2, 3, 1).reshape(-1, channels).double(), dim=1)
+        distances.append((1.0 - (patches @ units.T).max(dim=1).values).view(batch, height, width).float())
+    return torch.cat(distances)
 
 
-def prototype_usage(features: torch.Tensor, prototypes: torch.Tensor) -> np.ndarray:
-    """How many patches pick each prototype as their nearest one (length K)."""
-    channels = features.shape[1]
-    patches = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, channels), dim=1)
-    nearest = (patches @ F.normalize(prototypes, dim=1).T).argmax(dim=1)
-    return np.bincount(nearest.numpy(), minlength=prototypes.shape[0])
+def prototype_usage(features: torch.Tensor, prototypes: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+    """How many patches of features [N, C, h, w] pick each prototype as their nearest one (length K),
+    `batch_size` images at a time (a paper-sized category's whole patch matrix would not fit in memory)."""
+    units = F.normalize(prototypes, dim=1)
+    counts = np.zeros(prototypes.shape[0], dtype=np.int64)
+    for chunk in features.split(batch_size):
+        patches = F.normalize(chunk.permute(0, 2, 3, 1).reshape(-1, chunk.shape[1]), dim=1)
+        counts += np.bincount((patches @ units.T).argmax(dim=1).numpy(), minlength=prototypes.shape[0])
+    return counts
