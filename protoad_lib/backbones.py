@@ -227,6 +227,8 @@ def build_timm_backbone(model_name: str, weights: str, layers: list[str] | None)
     )
 
 
+RANDOM_WEIGHTS_SEED = 0
+
 REGISTRY: dict[str, BackboneSpec] = {
     "wide_resnet50_2": BackboneSpec(
         _torchvision_resnet("wide_resnet50_2"), ("layer1", "layer2", "layer3"),
@@ -246,9 +248,19 @@ def load_backbone(name: str, weights: str | Path = "imagenet", layers: list[str]
     """Build a backbone by name (`timm:<model>` for any timm model).
 
     `weights` is "imagenet" (resolved offline first), "random" (only when asked for by name),
-    or a path to a state-dict file.
+    or a path to a state-dict file. Random weights are drawn with seed `RANDOM_WEIGHTS_SEED` whatever the
+    caller's random state, so every process builds the same network: a checkpoint reloads it and the
+    feature cache recognises it (speed and memory measurements, never accuracy).
     """
     weights = str(weights)
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            return _build_backbone(name, weights, layers)
+    return _build_backbone(name, weights, layers)
+
+
+def _build_backbone(name: str, weights: str, layers: list[str] | None) -> Backbone:
     if name.startswith("timm:"):
         return build_timm_backbone(name.removeprefix("timm:"), weights, layers)
     if name not in REGISTRY:

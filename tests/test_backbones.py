@@ -66,3 +66,13 @@ def test_any_timm_model_by_name_taps_strides_4_8_16():
     maps = backbone(torch.rand(1, 3, 64, 64))
     assert backbone.strides == [4, 8, 16]
     assert [m.shape[-1] for m in maps] == [16, 8, 4] and [m.shape[1] for m in maps] == backbone.channels
+
+
+def test_random_weights_are_the_same_network_whatever_the_random_state():
+    torch.manual_seed(5)
+    first = load_backbone("resnet18", weights="random")
+    torch.manual_seed(6)
+    state = torch.random.get_rng_state()
+    second = load_backbone("resnet18", weights="random")
+    assert first.weights_digest() == second.weights_digest()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone

@@ -134,10 +134,13 @@ def layer_subset(embeddings: torch.Tensor, backbone: Backbone, layers: Sequence[
     """The embedding ProtoAD would see if the backbone tapped only `layers` (1-based indices).
 
     The cached stride-4 embedding is split back into the layers' own maps (`split_layers`) and the chosen
-    ones are combined again (`combine_layers`): the grid is the first chosen layer's.
+    ones are combined again (`combine_layers`): the grid is the first chosen layer's. Every layer: the
+    embedding itself (no copy; a paper-sized category's is several GB).
     """
     if not layers or any(not 1 <= i <= len(backbone.channels) for i in layers):
         raise ValueError(f"layers must be 1-based indices into {backbone.layers}, got {list(layers)}")
+    if sorted(set(layers)) == list(range(1, len(backbone.channels) + 1)):
+        return embeddings
     maps = split_layers(embeddings, backbone.channels, backbone.strides)
     return combine_layers([maps[i - 1] for i in sorted(layers)])
 
@@ -300,6 +303,7 @@ def image_size_ablation(backbone: Backbone, root: str | Path, category: str, lay
         grid = data.test_embeddings.shape[-2:]
         rows.append(_row("image_size", f"{size} px", data, detector.k, score(detector, data), image_size=size,
                          resize=resize, grid=f"{grid[0]} x {grid[1]}"))
+        del data, detector  # one size's embeddings in memory at a time
     return pd.DataFrame(rows)
 
 
@@ -363,6 +367,7 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
     if with_prn:
         tables["prn"] = prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen, {"schedule": plan.prn_schedule},
                                      seed=run.seed, device=run.device)
+    del data, fits  # the image-size ablation holds its own embeddings (larger ones at 288 px)
     if with_image_size:
         tables["image_size"] = image_size_ablation(
             backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,
