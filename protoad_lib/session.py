@@ -23,7 +23,7 @@ from .data import AnomalyDataset
 from .evaluation import CategoryData, load_category
 from .resume import ResultStore
 from .features import CacheKey, FeatureCache
-from .methods.prn import SCHEDULES, schedule_for
+from .methods.prn import schedule_for, training_epochs
 from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, DatasetSpec, Profile, dataset_root, get_profile, smoke_version
 from .progress import progress_bar
 
@@ -145,7 +145,7 @@ class RunSetup:
     @property
     def prn_epochs(self) -> int:
         """How long PRN trains in this run: the profile's length, else its schedule's on the run's device."""
-        return self.profile.prn_epochs or SCHEDULES[schedule_for(self.device)]["epochs"]
+        return training_epochs(self.device, self.profile.prn_epochs)
 
     def describe(self) -> str:
         """A deterministic summary (no absolute paths inside the repository)."""
@@ -198,7 +198,7 @@ def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, 
     profile's smallest settings (`profiles.smoke_version`, for CI). `redo`: recompute results stored by
     an earlier, interrupted run. `prn_epochs`: PRN's training length instead of the profile's (None: the
     demo's 15, else the schedule's: 30 on a CPU, 700 on CUDA; a short one makes a CPU paper run
-    affordable, and the tables say the length). `quiet` (default: only for the demo): no progress bars (`TQDM_DISABLE`)
+    affordable; the run's description states the length). `quiet` (default: only for the demo): no progress bars (`TQDM_DISABLE`)
     and no tqdm widget warning, so re-executed notebooks print the same text; a paper run shows them.
     """
     chosen = get_profile(profile)

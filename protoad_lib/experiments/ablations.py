@@ -24,7 +24,7 @@ from ..features import FeatureCache, combine_layers
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
-from ..methods.prn import SCHEDULES, schedule_for
+from ..methods.prn import schedule_for, training_epochs
 from ..profiles import DatasetSpec, Profile
 from ..session import RunSetup
 from .level_rule import level_rule_ablation
@@ -81,14 +81,13 @@ def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
                             npad_sweeps=(("radius", (0, 1)), ("n_centroids", (0, 16)),
                                          ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))),
                             prn_epochs=(1,), prn_seen=(1,), prn_categories=1)
-    schedule = schedule_for(device)
-    epochs = profile.prn_epochs or SCHEDULES[schedule]["epochs"]
+    epochs = training_epochs(device, profile.prn_epochs)
     demo = profile.name == "demo"
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
                         image_size_categories=1 if demo else None,
                         prn_epochs=(max(1, epochs // 3), epochs), prn_seen=(2,) if demo else (10,),
-                        prn_schedule=schedule, prn_categories=None if demo else 1)
+                        prn_schedule=schedule_for(device), prn_categories=None if demo else 1)
 
 
 # --------------------------------------------------------------------------- fit and score

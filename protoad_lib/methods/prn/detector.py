@@ -53,6 +53,11 @@ def schedule_for(device: str | torch.device) -> str:
     return "full" if str(device).startswith("cuda") else "cpu"
 
 
+def training_epochs(device: str | torch.device, epochs: int | None = None) -> int:
+    """How long PRN trains on `device`: `epochs` when given, else the length of `schedule_for(device)`."""
+    return int(epochs or SCHEDULES[schedule_for(device)]["epochs"])
+
+
 def stacked_images(data: Dataset | Iterable, batch_size: int) -> torch.Tensor:
     """Every image [N, 3, H, W] (0..1, on the CPU) of a dataset or an iterable of batches (dicts or tensors)."""
     batches = [(batch["image"] if isinstance(batch, dict) else batch).float().cpu()
