@@ -21,24 +21,26 @@ def nearest_indices(coarse: int, fine: int) -> torch.Tensor:
     return (torch.arange(fine, dtype=torch.float32) * scale).floor().long().clamp_max(coarse - 1)
 
 
-def add_upsampled(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """`fine + nearest_upsample(coarse)` for position-major [B, H, W, K] tensors.
+def add_upsampled_(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """`fine += nearest_upsample(coarse)` in place, for position-major [B, H, W, K] tensors; returns `fine`.
 
     When the grids nest (56 = 2 x 28 = 4 x 14) the coarse tensor is broadcast over each block
-    without being materialised; otherwise its rows and columns are gathered.
+    without being materialised; otherwise its rows and columns are gathered. In place, the sum
+    needs no second [B, H, W, K] tensor (the largest one of the head at K ~ 250).
     """
     batch, height, width, depth = fine.shape
     coarse_h, coarse_w = coarse.shape[1:3]
     if height % coarse_h == 0 and width % coarse_w == 0:
-        blocks = fine.reshape(batch, coarse_h, height // coarse_h, coarse_w, width // coarse_w, depth)
-        return (blocks + coarse.reshape(batch, coarse_h, 1, coarse_w, 1, depth)).reshape(fine.shape)
+        blocks = fine.view(batch, coarse_h, height // coarse_h, coarse_w, width // coarse_w, depth)
+        return blocks.add_(coarse.reshape(batch, coarse_h, 1, coarse_w, 1, depth)).view(fine.shape)
     rows = nearest_indices(coarse_h, height).to(coarse.device)
     columns = nearest_indices(coarse_w, width).to(coarse.device)
-    return fine + coarse.index_select(1, rows).index_select(2, columns)
+    return fine.add_(coarse.index_select(1, rows).index_select(2, columns))
 
 
 def sum_upsampled(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Sum of position-major maps, each nearest-upsampled to the first (finest) grid.
+    """Sum of position-major maps, each nearest-upsampled to the first (finest) grid; the parts are
+    summed in place (pass tensors of your own, e.g. fresh results of a product).
 
     When every grid divides the next finer one, coarser parts are folded in coarse-to-fine
     (fewer additions at full size); otherwise each goes straight to the finest grid, which is
@@ -49,11 +51,11 @@ def sum_upsampled(parts: list[torch.Tensor]) -> torch.Tensor:
     if nested:
         total = parts[-1]
         for part in reversed(parts[:-1]):
-            total = add_upsampled(part, total)
+            total = add_upsampled_(part, total)
         return total
     total = parts[0]
     for part in parts[1:]:
-        total = add_upsampled(total, part)
+        total = add_upsampled_(total, part)
     return total
 
 
