@@ -149,3 +149,39 @@ def test_unknown_notebook_selection_exits_2(folders, capsys):
     code = run.main(["--notebooks", "05", "--notebooks-dir", str(notebooks), "--results-dir", str(results)])
     assert code == 2
     assert "no notebook matches '05'" in capsys.readouterr().err
+
+
+def test_a_terminated_run_stops_its_kernel_and_leaves_nothing_half_written(folders, tmp_path):
+    """`kill` (SIGTERM, as `timeout` and batch schedulers send it) ends the run as Ctrl-C would: the
+    kernel is shut down and no temporary copy is left beside the executed notebooks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    notebooks, results = folders
+    marker = tmp_path / "kernel_pid"
+    _notebook(notebooks / "01_slow.ipynb",
+              f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)")
+    runner = subprocess.Popen([sys.executable, "-m", "protoad_lib.run", "--profile", "demo", "--notebooks-dir",
+                               str(notebooks), "--results-dir", str(results)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (marker.is_file() and marker.read_text()) and runner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.is_file(), runner.communicate()[0]
+    kernel = int(marker.read_text())
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=60)
+    assert runner.returncode != 0, output
+    executed = results / "demo" / "executed"
+    assert not [p.name for p in executed.glob(".*")], output
+    for _ in range(50):
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the kernel (pid {kernel}) outlived the run")
