@@ -156,6 +156,14 @@ def test_prn_ablation_follows_the_device_and_trains_once_per_paper_run():
     assert short.prn_epochs == (1, 3) and short.prn_schedule == "full"
 
 
+def test_the_paper_profile_runs_the_npad_and_prn_ablations_on_its_first_category_only():
+    demo, paper = ablations.ablation_plan(get_profile("demo")), ablations.ablation_plan(get_profile("paper"))
+    assert all(demo.ablates(name, 5) for name in ablations.ABLATIONS if name != "image_size")
+    assert paper.ablates("npad", 0) and paper.ablates("prn", 0) and paper.ablates("image_size", 7)
+    assert not paper.ablates("npad", 1) and not paper.ablates("prn", 1) and paper.ablates("layers", 17)
+    assert not demo.ablates("image_size", 1)  # the demo re-extracts features at other sizes for one category
+
+
 def test_ablation_table_adds_means(backbone, data, config, fits):
     table = ablations.sigma_ablation(backbone, [data], (0, 4), config, fits)
     two = pd.concat([table, table.assign(category="copy")], ignore_index=True)

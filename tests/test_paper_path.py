@@ -71,6 +71,10 @@ def test_all_seven_notebooks_run_on_the_paper_layouts(paper_layout, tmp_path):
     assert (out / "05_overlays.png").is_file() and (out / "07_summary.csv").is_file()
     prn = pd.read_csv(out / "07_prn.csv", dtype={"category": str})
     assert set(prn["category"]) == {"bottle"}  # PRN's ablation trains on the first category only
+    seconds = pd.read_csv(out / "07_ablation_seconds.csv", dtype={"category": str})
+    ablated = seconds.groupby("ablation")["category"].agg(set)
+    assert ablated["npad"] == ablated["prn"] == ablated["image_size"] == {"bottle"}  # the costly ones: first only
+    assert ablated["layers"] == set(CATEGORIES) and (seconds["seconds"] >= 0).all()
     assert (out / "html" / "index.html").read_text().count("<li>") == 7
 
 

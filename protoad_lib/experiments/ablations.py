@@ -10,9 +10,10 @@ deterministic: subsampling, k-means, coreset and random prototypes are seeded by
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,70 +25,15 @@ from ..features import FeatureCache, combine_layers
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
-from ..methods.prn import schedule_for, training_epochs
-from ..profiles import DatasetSpec, Profile
+from ..profiles import DatasetSpec
 from ..session import RunSetup
+from .ablation_plan import AblationPlan, ablation_plan  # noqa: F401 (ablation_plan: notebook 07 calls ab.ablation_plan)
 from .level_rule import level_rule_ablation
-from .npad_ablations import NPAD_SWEEPS, npad_ablation
+from .npad_ablations import npad_ablation
 from .prn_ablation import prn_ablation
 
 #: The metrics every ablation reports (fractions).
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro")
-
-
-@dataclass(frozen=True)
-class AblationPlan:
-    """The settings each ablation sweeps for one profile (what notebook 07 runs)."""
-
-    max_vectors: int
-    layer_subsets: tuple[tuple[int, ...], ...] = ((1, 2, 3), (2, 3), (1, 2))
-    clustering_methods: tuple[str, ...] = ("finch", "kmeans", "coreset", "random")
-    strategies: tuple[str, ...] = ("random", "stratified")
-    budgets: tuple[int, ...] = ()
-    image_sizes: tuple[int, ...] = (160, 224, 288)
-    image_size_categories: int | None = None  # how many categories get re-extracted (None: all)
-    sigmas: tuple[float, ...] = (0, 2, 4, 8)
-    image_score_rules: tuple[str, ...] = ("max", "mean_top1pct")
-    npad_sweeps: tuple[tuple[str, tuple], ...] = NPAD_SWEEPS
-    prn_epochs: tuple[int, ...] = (5, 15)  # the last is the reference training length
-    prn_seen: tuple[int, ...] = (2,)
-    prn_schedule: str = "cpu"
-    prn_categories: int | None = None  # how many categories PRN's ablation trains on (None: all)
-
-    def config(self, seed: int = 0) -> ProtoADConfig:
-        """The reference ProtoAD configuration every ablation starts from."""
-        return ProtoADConfig(max_vectors=self.max_vectors, seed=seed)
-
-
-def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
-    """The profile's clustering budget (`Profile.max_vectors`) as the reference; the demo re-extracts
-    features at other image sizes for one category only.
-
-    PRN trains with the schedule of `device` (`prn.schedule_for`: "full" on CUDA, "cpu" elsewhere) for a
-    third of its epochs, all of them, and all of them with a few seen anomalies (`Profile.prn_epochs`
-    replaces the schedule's length). The paper profile runs PRN's ablation on the first category only:
-    three trainings per category would add hours per category on a CPU (see README, "Paper-scale cost").
-
-    Coreset *subsampling* is left out of both plans (pass it in `strategies` to run it): the greedy
-    selection runs on the CPU in `clustering.subsample_indices` and costs one pass over all training
-    vectors per kept vector (minutes for 10,000 of the demo's 50,176; hours for 60,000 of an MVTec AD
-    category's ~600,000). Coreset *prototypes* at FINCH's K stay in the clustering-method ablation.
-    """
-    budget = profile.max_vectors
-    if profile.smoke:  # every ablation runs, each with its fewest settings
-        return AblationPlan(max_vectors=budget, layer_subsets=((1, 2, 3), (2, 3)), clustering_methods=("finch", "kmeans"),
-                            strategies=("stratified",), budgets=(budget,), image_sizes=(48, 64),
-                            image_size_categories=1, sigmas=(0, 4), image_score_rules=("max",),
-                            npad_sweeps=(("radius", (0, 1)), ("n_centroids", (0, 16)),
-                                         ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))),
-                            prn_epochs=(1,), prn_seen=(1,), prn_categories=1)
-    epochs = training_epochs(device, profile.prn_epochs)
-    demo = profile.name == "demo"
-    return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
-                        budgets=(budget // 4, budget // 2, budget),
-                        image_size_categories=1 if demo else None,
-                        prn_epochs=(max(1, epochs // 3), epochs), prn_seen=(2,) if demo else (10,),
-                        prn_schedule=schedule_for(device), prn_categories=None if demo else 1)
 
 
 # --------------------------------------------------------------------------- fit and score
@@ -347,46 +293,50 @@ ABLATIONS = ("layers", "finch_level", "level_rule", "clustering", "subsampling",
 
 
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
-                    with_image_size: bool, with_prn: bool = True) -> dict[str, pd.DataFrame]:
-    """Every ablation of `plan` on one category, sharing one reference fit (tables by `ABLATIONS` name);
-    the image-size and PRN ablations only when asked (`with_image_size`, `with_prn`)."""
+                    index: int) -> dict[str, pd.DataFrame]:
+    """Every ablation `plan` gives the run's category number `index` (`AblationPlan.ablates`), sharing one
+    reference fit: tables by `ABLATIONS` name, and `seconds` (the time each ablation took)."""
     backbone = run.backbone
     data = run.load(spec, category)
     fits = fit_baselines(backbone, [data], config)
-    tables = {
-        "layers": layer_ablation(backbone, [data], plan.layer_subsets, config, fits),
-        "finch_level": finch_level_ablation(backbone, [data], config, fits),
-        "level_rule": level_rule_ablation(backbone, [data], fits),
-        "clustering": clustering_method_ablation(backbone, [data], plan.clustering_methods, config, fits),
-        "subsampling": subsampling_ablation(backbone, [data], plan.strategies, plan.budgets, config, fits),
-        "sigma": sigma_ablation(backbone, [data], plan.sigmas, config, fits),
-        "image_score": image_score_ablation(backbone, [data], plan.image_score_rules, config, fits),
-        "npad": npad_ablation(backbone, data, plan.npad_sweeps),
-    }
-    if with_prn:
-        tables["prn"] = prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen, {"schedule": plan.prn_schedule},
-                                     seed=run.seed, device=run.device)
+    tables, seconds = {}, []
+
+    def ablate(name: str, ablation: Callable[..., pd.DataFrame], *args: Any, **kwargs: Any) -> None:
+        if plan.ablates(name, index):
+            start = time.perf_counter()
+            tables[name] = ablation(*args, **kwargs)
+            seconds.append({"category": category, "ablation": name, "seconds": round(time.perf_counter() - start, 1)})
+
+    ablate("layers", layer_ablation, backbone, [data], plan.layer_subsets, config, fits)
+    ablate("finch_level", finch_level_ablation, backbone, [data], config, fits)
+    ablate("level_rule", level_rule_ablation, backbone, [data], fits)
+    ablate("clustering", clustering_method_ablation, backbone, [data], plan.clustering_methods, config, fits)
+    ablate("subsampling", subsampling_ablation, backbone, [data], plan.strategies, plan.budgets, config, fits)
+    ablate("sigma", sigma_ablation, backbone, [data], plan.sigmas, config, fits)
+    ablate("image_score", image_score_ablation, backbone, [data], plan.image_score_rules, config, fits)
+    ablate("npad", npad_ablation, backbone, data, plan.npad_sweeps)
+    ablate("prn", prn_ablation, backbone, data, plan.prn_epochs, plan.prn_seen, {"schedule": plan.prn_schedule},
+           seed=run.seed, device=run.device)
     del data, fits  # the image-size ablation holds its own embeddings (larger ones at 288 px)
-    if with_image_size:
-        tables["image_size"] = image_size_ablation(
-            backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,
-            cache=run.cache, dataset_name=spec.name, batch_size=run.profile.batch_size, device=run.device,
-            base_resize=run.profile.resize, base_crop=run.profile.image_size)
+    ablate("image_size", image_size_ablation, backbone, run.root(spec), category, layout=spec.layout,
+           sizes=plan.image_sizes, config=config, cache=run.cache, dataset_name=spec.name,
+           batch_size=run.profile.batch_size, device=run.device, base_resize=run.profile.resize,
+           base_crop=run.profile.image_size)
+    tables["seconds"] = pd.DataFrame(seconds)
     return tables
 
 
 def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> dict[str, pd.DataFrame]:
     """Every ablation on every category of the run, category by category (one category's embeddings in
-    memory at a time), each category's tables stored as it finishes so an interrupted run resumes there."""
+    memory at a time), each category's tables stored as it finishes so an interrupted run resumes there.
+    `seconds`: what each ablation took on each category (stored with the category's tables)."""
     store = run.store("ablations", {"plan": asdict(plan), "config": asdict(config)})
-    sized = run.category_names[: plan.image_size_categories]
-    trained = run.category_names[: plan.prn_categories]
     per_category = []
-    for spec, category in run.each_category("ablations"):
+    for index, (spec, category) in enumerate(run.each_category("ablations")):
         tables = store.load(category)
         if tables is None:
-            tables = ablate_category(run, spec, category, plan, config, category in sized, category in trained)
+            tables = ablate_category(run, spec, category, plan, config, index)
             store.save(tables, category)
         per_category.append(tables)
     return {name: pd.concat([tables[name] for tables in per_category if name in tables], ignore_index=True)
-            for name in ABLATIONS}
+            for name in (*ABLATIONS, "seconds")}
