@@ -11,9 +11,11 @@ CPU schedule's 30 epochs would take hours here); one epoch of PRN on the same ca
 its own (`PRN.train_s`), and the projection adds the epochs the real run trains on top.
 
 The projection to the whole paper run on a CPU is an estimate, not a measurement: notebooks 01 and 06
-(one category) once; the other notebooks' time per image, without their PRN training, times every image
-of the 18 categories (`PAPER_CATEGORY_SIZES`); PRN's missing epochs at the measured time per training
-image (notebook 05: every category; notebook 07: its first category, MVTec AD's bottle).
+(one category) once; the other notebooks' time per image, without their PRN training and without notebook
+07's first-category-only ablations (N-pad, PRN: `07_ablation_seconds.csv`), times every image of the 18
+categories (`PAPER_CATEGORY_SIZES`); those ablations once, scaled to the first category (MVTec AD's bottle);
+PRN's missing epochs at the measured time per training image (notebook 05: every category; notebook 07:
+its first category).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import pandas as pd
 
 from protoad_lib.backbones import load_backbone
 from protoad_lib.atomic import write_text_atomically
@@ -89,21 +93,32 @@ def ablation_epochs(prn_epochs: int | None) -> int:
     return sum(plan.prn_epochs) + plan.prn_epochs[-1] * len([n for n in plan.prn_seen if n])
 
 
-def projection(rows: list[dict], prn: dict, prn_epochs: int, n_images: int) -> dict:
-    """The whole paper run on a CPU, in hours, from one category's measurements (see the module docstring)."""
+def first_category_seconds(results: Path) -> dict[str, float]:
+    """Seconds of notebook 07's ablations that the paper profile runs on its first category only."""
+    plan = ablation_plan(get_profile("paper"))
+    table = pd.read_csv(results / "paper" / "07_ablation_seconds.csv")
+    return {row.ablation: float(row.seconds) for row in table.itertuples() if not plan.ablates(row.ablation, 1)}
+
+
+def projection(rows: list[dict], prn: dict, once: dict[str, float], prn_epochs: int, n_images: int) -> dict:
+    """The whole paper run on a CPU, in hours, from one category's measurements (see the module docstring);
+    `once`: notebook 07's first-category-only ablations, in seconds."""
     seconds = {row["notebook"]: row["seconds"] for row in rows}
     full = SCHEDULES["cpu"]["epochs"]
     per_train_image = prn["epoch_s"] / prn["n_train"]
-    measured_prn = {"05": prn["fit_s"], "07": 3 * prn["fit_s"]}  # PRN fits inside the measured notebooks
+    measured_prn = {"05": prn["fit_s"], "07": sum(once.values())}  # not scaled by every category's images
     per_image = sum(seconds[n] - measured_prn.get(n, 0.0) for n in seconds if n not in ("01", "06")) / n_images
     sizes = PAPER_CATEGORY_SIZES.values()
-    first_train = PAPER_CATEGORY_SIZES["bottle"][0]
+    first_train, first_test = PAPER_CATEGORY_SIZES["bottle"]
+    n_train = prn["n_train"]
     total = seconds["01"] + seconds["06"] + per_image * sum(train + test for train, test in sizes)
-    prn_05 = sum(train * (prn["fit_s"] / prn["n_train"] + (full - 1) * per_train_image) for train, _ in sizes)
-    prn_07 = 3 * first_train * prn["fit_s"] / prn["n_train"] + (ablation_epochs(None) - 3) * first_train * per_train_image
-    return {"without_prn_h": round(total / 3600, 1), "prn_h": round((prn_05 + prn_07) / 3600, 1),
-            "total_h": round((total + prn_05 + prn_07) / 3600, 1), "prn_epochs_full": full,
-            "prn_epochs_measured": prn_epochs}
+    npad_07 = once.get("npad", 0.0) * (first_train + first_test) / n_images
+    prn_05 = sum(train * (prn["fit_s"] / n_train + (full - 1) * per_train_image) for train, _ in sizes)
+    prn_07 = once.get("prn", 0.0) * first_train / n_train + (ablation_epochs(None) - ablation_epochs(prn_epochs)) \
+        * first_train * per_train_image
+    return {"without_prn_h": round((total + npad_07) / 3600, 1), "prn_h": round((prn_05 + prn_07) / 3600, 1),
+            "total_h": round((total + npad_07 + prn_05 + prn_07) / 3600, 1), "prn_epochs_full": full,
+            "prn_epochs_measured": prn_epochs, "first_category_only_s": once}
 
 
 def main() -> None:
@@ -139,8 +154,8 @@ def main() -> None:
             record()
         result["prn_one_epoch"] = prn_epoch_seconds(data, args.backbone)
     result["total_s"] = round(sum(row["seconds"] for row in result["notebooks"]), 1)
-    result["projected_paper_run_cpu"] = projection(result["notebooks"], result["prn_one_epoch"], args.prn_epochs,
-                                                   n_images)
+    result["projected_paper_run_cpu"] = projection(result["notebooks"], result["prn_one_epoch"],
+                                                   first_category_seconds(folder / "results"), args.prn_epochs, n_images)
     record()
 
 
