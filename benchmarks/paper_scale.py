@@ -13,7 +13,8 @@ its own (`PRN.train_s`), and the projection adds the epochs the real run trains 
 The projection to the whole paper run on a CPU is an estimate, not a measurement: notebooks 01 and 06
 (one category) once; the other notebooks' time per image, without their PRN training and without notebook
 07's first-category-only ablations (N-pad, PRN: `07_ablation_seconds.csv`), times every image of the 18
-categories (`PAPER_CATEGORY_SIZES`); those ablations once, scaled to the first category (MVTec AD's bottle);
+categories (`PAPER_CATEGORY_SIZES`); those ablations once, scaled to the first category (MVTec AD's bottle;
+N-pad by its images, PRN by its training images, as its training dominates);
 PRN's missing epochs at the measured time per training image (notebook 05: every category; notebook 07:
 its first category).
 """
@@ -96,7 +97,11 @@ def ablation_epochs(prn_epochs: int | None) -> int:
 def first_category_seconds(results: Path) -> dict[str, float]:
     """Seconds of notebook 07's ablations that the paper profile runs on its first category only."""
     plan = ablation_plan(get_profile("paper"))
-    table = pd.read_csv(results / "paper" / "07_ablation_seconds.csv")
+    path = results / "paper" / "07_ablation_seconds.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: notebook 07 ran with a library that did not record its "
+                                "ablations' seconds; remove its row from the --json file and rerun to redo it")
+    table = pd.read_csv(path)
     return {row.ablation: float(row.seconds) for row in table.itertuples() if not plan.ablates(row.ablation, 1)}
 
 
@@ -153,9 +158,10 @@ def main() -> None:
             result["notebooks"].append(run_notebook(number, data, folder / "results", args.backbone, args.prn_epochs))
             record()
         result["prn_one_epoch"] = prn_epoch_seconds(data, args.backbone)
-    result["total_s"] = round(sum(row["seconds"] for row in result["notebooks"]), 1)
-    result["projected_paper_run_cpu"] = projection(result["notebooks"], result["prn_one_epoch"],
-                                                   first_category_seconds(folder / "results"), args.prn_epochs, n_images)
+        result["total_s"] = round(sum(row["seconds"] for row in result["notebooks"]), 1)
+        result["projected_paper_run_cpu"] = projection(result["notebooks"], result["prn_one_epoch"],
+                                                       first_category_seconds(folder / "results"), args.prn_epochs,
+                                                       n_images)
     record()
 
 
