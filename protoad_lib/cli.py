@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from .atomic import write_text_atomically
 from .experiments.measure import peak_rss_mb

@@ -13,7 +13,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -59,6 +59,14 @@ class ResultStore:
                       stacklevel=2)
         path.unlink(missing_ok=True)
         return None
+
+    def computed(self, compute: Callable[[], Any], *unit: str) -> Any:
+        """The stored result of `unit`, else `compute()`, stored as soon as it returns."""
+        result = self.load(*unit)
+        if result is None:
+            result = compute()
+            self.save(result, *unit)
+        return result
 
     def save(self, result: Any, *unit: str) -> Path:
         """Store `result` for `unit` atomically (a temporary file, then a rename)."""

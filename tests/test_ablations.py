@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
-import torch
 
 from protoad_lib.experiments import ablations
 from protoad_lib.experiments.ablations import METRIC_COLUMNS

@@ -54,6 +54,22 @@ def test_time_interleaved_runs_each_callable_warmup_plus_repeats_round_robin():
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
 
 
+def test_a_time_budget_stops_only_the_slow_callable_after_its_minimum_runs():
+    import time
+    order = []
+
+    def slow():
+        order.append("slow")
+        time.sleep(0.02)
+
+    times = measure.time_interleaved({"fast": lambda: order.append("fast"), "slow": slow}, warmup=1, repeats=10,
+                                     budget_s=0.05, min_repeats=3)
+    assert {name: len(t) for name, t in times.items()} == {"fast": 10, "slow": 3}
+    assert order[:8] == ["fast", "slow"] * 4  # warm-up, then round-robin while both are in
+    assert order.count("slow") == 1 + 3
+    assert len(measure.time_callable(slow, warmup=0, repeats=2, budget_s=0.0, min_repeats=5)) == 2  # never past repeats
+
+
 def test_percentiles():
     times = [0.1, 0.2, 0.3, 0.4, 0.5]
     assert measure.p50(times) == pytest.approx(0.3)

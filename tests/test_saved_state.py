@@ -118,6 +118,20 @@ def test_damaged_stored_result_is_reported_and_recomputed(tmp_path):
     assert not path.exists()
 
 
+def test_computed_runs_a_unit_once_and_again_only_when_asked_to_redo(tmp_path):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"p50_ms": float(len(calls))}
+
+    assert ResultStore(tmp_path, {"device": "cpu"}).computed(measure, "bottle", "benchmark") == {"p50_ms": 1.0}
+    assert ResultStore(tmp_path, {"device": "cpu"}).computed(measure, "bottle", "benchmark") == {"p50_ms": 1.0}
+    assert ResultStore(tmp_path, {"device": "cuda"}).computed(measure, "bottle", "benchmark") == {"p50_ms": 2.0}
+    assert ResultStore(tmp_path, {"device": "cpu"}, redo=True).computed(measure, "bottle", "benchmark") == {"p50_ms": 3.0}
+    assert len(calls) == 3
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_benchmark, random_lite0):
     detector = make_detector("padim", random_lite0).fit(train_split(tiny_benchmark), batch_size=4, progress=False)

@@ -333,10 +333,7 @@ def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> d
     store = run.store("ablations", {"plan": asdict(plan), "config": asdict(config)})
     per_category = []
     for index, (spec, category) in enumerate(run.each_category("ablations")):
-        tables = store.load(category)
-        if tables is None:
-            tables = ablate_category(run, spec, category, plan, config, index)
-            store.save(tables, category)
-        per_category.append(tables)
+        per_category.append(store.computed(lambda: ablate_category(run, spec, category, plan, config, index),
+                                           category))
     return {name: pd.concat([tables[name] for tables in per_category if name in tables], ignore_index=True)
             for name in (*ABLATIONS, "seconds")}

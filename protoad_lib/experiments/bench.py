@@ -25,10 +25,12 @@ from .measure import PeakMemory, is_cuda, memory_in_use_mb, p50, p95, synchroniz
 TIMING_NOTE = (
     "p50_ms / p95_ms / min_ms: per-BATCH wall-clock latency of detector(images01) (backbone included), "
     "time.perf_counter, warm-up runs discarded, CUDA synchronised before and after each run, the backbone and "
-    "all methods timed round-robin (one run of each per repeat) so load drifts hit all alike; "
+    "all methods timed round-robin (one run of each per repeat) so load drifts hit all alike; with a time budget "
+    "(env.time_budget_s) a callable stops after at least 3 timed runs once its runs have taken that long "
+    "(each row's `repeats` says how many it got); "
     "images_per_s = batch_size / (p50_ms / 1000); head_ms: median per-batch time of everything after "
     "the backbone (features_from_maps + patch_scores + anomaly-map head + image score) on precomputed "
-    "backbone maps; fit_s: one fit on the train images (backbone feature extraction included)."
+    "backbone maps (None at batch sizes outside env.head_batch_sizes); fit_s: one fit on the train images (backbone feature extraction included)."
 )
 MEMORY_NOTE = (
     "peak_mem_mb = state_mb + infer_peak_mb: the method's fitted state (prototypes / memory bank / Gaussians: "
@@ -86,6 +88,12 @@ class BenchmarkSettings:
     include_anomalib: bool
     fit_counts: tuple[int, ...]
     prn_epochs: int | None = None  # PRN's training length here (None: its schedule's)
+    time_budget_s: float | None = None  # per (method, batch size): see `measure.time_interleaved`
+    head_batch_sizes: tuple[int, ...] | None = None  # where the head alone is timed (None: every batch size)
+
+    def timing(self) -> dict[str, Any]:
+        """How long each timing runs, as `run_benchmark`, `head_cost_vs_k` and `memory_bank_cost` take it."""
+        return {"warmup": self.warmup, "repeats": self.repeats, "budget_s": self.time_budget_s}
 
     def method_options(self) -> dict[str, dict]:
         """Options over the registry's defaults for `run_benchmark(..., options=...)`."""
@@ -96,7 +104,9 @@ def benchmark_settings(profile: Profile) -> BenchmarkSettings:
     """Demo: fit on 8 images (ProtoAD's FINCH then clusters 8 x 3,136 patches), batch 1 and 8, 3 timed runs.
     Paper: fit on the category's whole training set (`n_images=None`; e.g. bottle: 209 images, a PatchCore
     bank of 16,385 vectors at 10 %), so the speeds are those of the paper's setting; batch 1 / 8 / 32,
-    10 timed runs, the harness' default K and bank-size sweeps. `fit_counts`: training-set sizes of the
+    10 timed runs, each callable within a 60 s budget once it has 3 (on 2 CPU cores one batch of 32 through
+    N-pad's or PatchCore's head takes tens of seconds), the head alone at batch 1 and 8 only (its time per
+    image does not change with the batch), one warm-up run, the harness' default K and bank-size sweeps. `fit_counts`: training-set sizes of the
     fit-time growth curve (`fit_scaling`). anomalib rows whenever the `peers` extra is installed. PRN
     trains for one epoch in the paper profile: its speed does not depend on how long it trained, and its
     schedule's training time (hours per category on a CPU) is notebook 05's. A smoke profile: 4 images,
@@ -108,10 +118,10 @@ def benchmark_settings(profile: Profile) -> BenchmarkSettings:
         return BenchmarkSettings(batch_sizes=(1, 8), n_images=8, warmup=1, repeats=3,
                                  head_ks=(10, 100, 1_000, 10_000), bank_sizes=(1_000, 3_000, 10_000, 30_000),
                                  include_anomalib=True, fit_counts=(4, 8, 16))
-    return BenchmarkSettings(batch_sizes=(1, 8, 32), n_images=None, warmup=2, repeats=10,
+    return BenchmarkSettings(batch_sizes=(1, 8, 32), n_images=None, warmup=1, repeats=10,
                              head_ks=(10, 30, 100, 300, 1_000, 3_000, 10_000),
                              bank_sizes=(1_000, 10_000, 100_000), include_anomalib=True, fit_counts=(25, 50, 100, 200),
-                             prn_epochs=1)
+                             prn_epochs=1, time_budget_s=60.0, head_batch_sizes=(1, 8))
 
 
 @dataclass
@@ -201,6 +211,8 @@ def run_benchmark(
     weights: str = "imagenet",
     include_anomalib: bool = True,
     options: Mapping[str, dict] | None = None,
+    budget_s: float | None = None,
+    head_batch_sizes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Time the backbone alone and every method end to end, with one backbone object, images and process.
 
@@ -211,12 +223,15 @@ def run_benchmark(
     `anomalib_patchcore` / `anomalib_padim` rows are added when anomalib is importable
     (`include_anomalib`); otherwise env["anomalib"] is None. `threads` sets torch's and faiss'
     thread counts for the run (recorded in env) and restores the previous ones afterwards. `options`:
-    per method name, constructor options over the registry's defaults (recorded in env).
+    per method name, constructor options over the registry's defaults (recorded in env). `budget_s`: each
+    callable's time budget per batch size (`measure.time_interleaved`); `head_batch_sizes`: the batch sizes
+    where the head alone is timed (None: all).
     """
     previous = set_threads(threads) if threads is not None else None
     try:
         return _run_benchmark(backbone_name, methods, batch_sizes, device, data_root, category, image_size,
-                              n_images, repeats, threads, progress, warmup, weights, include_anomalib, options or {})
+                              n_images, repeats, threads, progress, warmup, weights, include_anomalib, options or {},
+                              budget_s, batch_sizes if head_batch_sizes is None else head_batch_sizes)
     finally:
         if previous is not None:
             set_threads(*previous)
@@ -225,13 +240,15 @@ def run_benchmark(
 def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequence[int],
                    device: str | torch.device, data_root: str | Path | None, category: str | None,
                    image_size: int, n_images: int, repeats: int, threads: int | None, progress: bool,
-                   warmup: int, weights: str, include_anomalib: bool, options: Mapping[str, dict]) -> dict[str, Any]:
+                   warmup: int, weights: str, include_anomalib: bool, options: Mapping[str, dict],
+                   budget_s: float | None, head_batch_sizes: Sequence[int]) -> dict[str, Any]:
     device = torch.device(device)
     backbone = load_backbone(backbone_name, weights=weights).to(device).eval()
     images, data_info = load_images(data_root, category, image_size, n_images)
     env = environment(device, threads) | {
         "backbone": backbone_name, "weights": weights, "batch_sizes": [int(b) for b in batch_sizes],
-        "warmup": warmup, "repeats": repeats, **data_info, "timing": TIMING_NOTE, "memory": MEMORY_NOTE,
+        "warmup": warmup, "repeats": repeats, "time_budget_s": budget_s,
+        "head_batch_sizes": [int(b) for b in head_batch_sizes], **data_info, "timing": TIMING_NOTE, "memory": MEMORY_NOTE,
     } | ({"method_options": {m: dict(o) for m, o in options.items()}} if options else {})
     method_list = [m for m in dict.fromkeys(methods) if m != "backbone"]  # the backbone row is always there
     if include_anomalib and env["anomalib"] is not None:
@@ -260,10 +277,10 @@ def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequ
             heads: dict[str, Callable[[], Any]] = {}
             for name, fit in fitted.items():
                 calls[name] = lambda model=fit.detector: model(batch)
-                if isinstance(fit.detector, AnomalyDetector):
+                if isinstance(fit.detector, AnomalyDetector) and batch_size in head_batch_sizes:
                     heads[name] = lambda model=fit.detector: model.head_forward(maps, size)
-            times = time_interleaved(calls, warmup, repeats, device)
-            head_times = time_interleaved(heads, warmup, repeats, device)
+            times = time_interleaved(calls, warmup, repeats, device, budget_s)
+            head_times = time_interleaved(heads, warmup, repeats, device, budget_s)
             for name, call in calls.items():
                 fit = fitted.get(name)
                 with PeakMemory(device) as memory:

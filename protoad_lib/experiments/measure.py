@@ -23,47 +23,52 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def time_callable(fn: Callable[[], Any], warmup: int = 2, repeats: int = 10,
-                  device: str | torch.device = "cpu") -> list[float]:
-    """Call `fn` `warmup` times untimed, then `repeats` times timed; returns the timed durations in seconds.
+                  device: str | torch.device = "cpu", budget_s: float | None = None,
+                  min_repeats: int = 3) -> list[float]:
+    """Call `fn` `warmup` times untimed, then up to `repeats` times timed; returns the timed durations in seconds.
 
     Each timed run is bracketed by `torch.cuda.synchronize()` when `device` is CUDA, so queued kernels
-    are counted in the run that launched them.
+    are counted in the run that launched them. `budget_s` / `min_repeats`: as in `time_interleaved`.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    for _ in range(max(0, warmup)):
-        fn()
+    return time_interleaved({"fn": fn}, warmup, repeats, device, budget_s, min_repeats)["fn"]
+
+
+def _timed(fn: Callable[[], Any], device: str | torch.device) -> float:
     synchronize(device)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 10,
-                     device: str | torch.device = "cpu") -> dict[str, list[float]]:
-    """Like `time_callable` for several callables, round-robin: repeat r times every callable once.
+                     device: str | torch.device = "cpu", budget_s: float | None = None,
+                     min_repeats: int = 3) -> dict[str, list[float]]:
+    """Time several callables round-robin: `warmup` untimed runs of each, then rounds of one timed run of
+    every callable, up to `repeats` rounds; returns each callable's timed durations in seconds.
 
     Slow drifts in machine load (other processes, thermal state) then hit every callable alike, so
-    their ratios are more trustworthy than with one block of repeats per callable.
+    their ratios are more trustworthy than with one block of repeats per callable. `budget_s` bounds
+    what a slow callable costs: once its runs (warm-up included) have taken `budget_s` seconds and it
+    has `min_repeats` timed runs (or `repeats`, if fewer), it leaves the rounds and the others go on.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    for fn in fns.values():
+    spent = {name: 0.0 for name in fns}
+    for name, fn in fns.items():
         for _ in range(max(0, warmup)):
-            fn()
+            spent[name] += _timed(fn, device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+    enough = min(repeats, max(1, min_repeats))
+
+    def done(name: str) -> bool:
+        count = len(times[name])
+        return count >= repeats or (budget_s is not None and count >= enough and spent[name] >= budget_s)
+
+    while active := [name for name in fns if not done(name)]:
+        for name in active:
+            times[name].append(_timed(fns[name], device))
+            spent[name] += times[name][-1]
     return times
 
 

@@ -23,12 +23,14 @@ def head_cost_vs_k(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    budget_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Time ProtoAD's prototype head (as `forward` runs it, on per-layer maps) for each K.
 
     Random maps of `channels` at strides 4, 8, 16 (the finest on `grid`) and random unit
     prototypes; rows carry `ms_per_image` (median batch time / batch_size), `p50_ms` / `p95_ms`
     per batch and the multiply-accumulates per image (K * sum of channels x positions per layer).
+    `budget_s`: each K's time budget (`measure.time_callable`).
     """
     generator = torch.Generator().manual_seed(seed)
     maps = [
@@ -41,7 +43,7 @@ def head_cost_vs_k(
         for k in progress_bar(ks, desc="head vs K", enabled=progress):
             prototypes = F.normalize(torch.randn(int(k), sum(channels), generator=generator), dim=1)
             head = PrototypeHead(prototypes).to(device).eval()
-            times = time_callable(lambda: head.forward_maps(maps), warmup, repeats, device)
+            times = time_callable(lambda: head.forward_maps(maps), warmup, repeats, device, budget_s)
             rows.append({
                 "k": int(k), "channels": sum(channels), "grid": list(grid), "batch_size": batch_size,
                 "ms_per_image": p50(times) * 1e3 / batch_size, "p50_ms": p50(times) * 1e3,
@@ -60,12 +62,13 @@ def memory_bank_cost(
     repeats: int = 10,
     seed: int = 0,
     progress: bool = True,
+    budget_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Time PatchCore's nearest-neighbour search: faiss IndexFlatL2, h*w*batch_size queries, k = 1, per bank size.
 
     Random Gaussian bank and queries (exact search cost does not depend on the data). faiss-cpu:
     always on the CPU. Rows carry `ms_per_image` (median / batch_size), `p50_ms` / `p95_ms` per batch
-    and the bank's size in MB.
+    and the bank's size in MB. `budget_s`: each bank size's time budget (`measure.time_callable`).
     """
     import faiss
 
@@ -76,7 +79,7 @@ def memory_bank_cost(
         size = int(size)
         index = faiss.IndexFlatL2(dim)
         index.add(rng.standard_normal((size, dim), dtype=np.float32))
-        times = time_callable(lambda: index.search(queries, 1), warmup, repeats, "cpu")
+        times = time_callable(lambda: index.search(queries, 1), warmup, repeats, "cpu", budget_s)
         rows.append({
             "bank_size": size, "dim": dim, "grid": list(grid), "batch_size": batch_size,
             "ms_per_image": p50(times) * 1e3 / batch_size, "p50_ms": p50(times) * 1e3,
