@@ -65,7 +65,8 @@ class Scored:
     seen: list[str] = field(default_factory=list)  # test images trained on (and not scored): PRN's seen anomalies
 
 
-def _metrics(data: CategoryData, predictions: Predictions, full: bool) -> dict:
+def metrics_of(data: CategoryData, predictions: Predictions, full: bool = False) -> dict:
+    """Image/pixel AUROC and AUPRO of predictions on the category's test set (`full`: every metric)."""
     if full:
         return evaluate_all(data.labels, predictions.scores, data.masks, predictions.maps)
     return {
@@ -85,7 +86,7 @@ def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.
     start = time.perf_counter()
     predictions = detector.eval().predict_embeddings(test, tuple(data.masks.shape[-2:]))
     infer_s = time.perf_counter() - start
-    return Scored(_metrics(data, predictions, full_metrics), predictions, None, infer_s)
+    return Scored(metrics_of(data, predictions, full_metrics), predictions, None, infer_s)
 
 
 def without_test_samples(data: CategoryData, indices: Sequence[int]) -> CategoryData:

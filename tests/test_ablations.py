@@ -196,3 +196,22 @@ def test_comparison_table_difference_in_points():
     assert (table["category"] == "bottle").all()  # no mean row: the run is not complete
     synthetic = ours.assign(dataset="synthetic_mini")
     assert published_tables.comparison_table(synthetic, published, complete=["synthetic_mini"]).empty
+
+
+def test_npad_ablation_shares_its_gaussians_and_matches_fitting_each_setting_alone(backbone, data):
+    from protoad_lib.evaluation import fit_and_score
+    from protoad_lib.experiments.npad_ablations import npad_ablation
+    from protoad_lib.methods import get_method, make_detector
+
+    sweeps = (("radius", (0, 1)), ("n_centroids", (0, 16)), ("test_neighbourhood", ("pooled",)),
+              ("fusion", ("max", {"fusion": "weighted", "centroid_weight": 0.8})))
+    table = npad_ablation(backbone, data, sweeps)
+    assert_metrics(table, 7)
+    assert list(table["ablation"]) == ["npad_radius"] * 2 + ["npad_n_centroids"] * 2 + ["npad_test_neighbourhood"] \
+        + ["npad_fusion"] * 2
+    assert list(table["K"]) == [64, 64, 0, 16, 64, 64, 64]
+    for (option, value), row in zip([(o, v) for o, values in sweeps for v in values], table.itertuples()):
+        changed = value if isinstance(value, dict) else {option: value}
+        alone = fit_and_score(make_detector("npad", backbone, **{**get_method("npad").options, **changed}), data)
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            assert getattr(row, metric) == pytest.approx(alone.metrics[metric], abs=1e-6), (option, value, metric)

@@ -9,8 +9,8 @@ from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import read_checkpoint, save_detector
 from protoad_lib.data import AnomalyDataset
 from protoad_lib.methods import PaDiM
-from protoad_lib.methods.npad import (NPad, column_windows, fuse, holdout_split, pooled_moments, spd_inverse,
-                                      window_sum)
+from protoad_lib.methods.npad import (NPad, column_windows, fit_sharing_gaussians, fuse, holdout_split, kmeans_centroids, pooled_moments,
+                                      spd_inverse, window_sum)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,8 @@ def test_standardisation_comes_from_the_held_out_images(backbone):
     npad = detector(backbone, radius=1, n_centroids=4, centroid_vectors=60).fit_features(train)
     fit, held = holdout_split(6, npad.holdout, npad.seed)
     reference = detector(backbone, radius=1, n_centroids=4, centroid_vectors=60)
-    reference.fit_terms(train, fit, "")
+    reference.fit_gaussians(train, fit, "")
+    reference.set_centroids(kmeans_centroids(reference.sample_vectors(train, fit), 4, reference.seed))
     gauss, centroid = reference.term_scores(train[held])
     expected = torch.tensor([[gauss.mean(), gauss.std(unbiased=False)], [centroid.mean(), centroid.std(unbiased=False)]])
     torch.testing.assert_close(npad.score_stats, expected)
@@ -171,6 +172,22 @@ def test_standardisation_comes_from_the_held_out_images(backbone):
     z_gauss = (raw_gauss - expected[0, 0]) / expected[0, 1]
     z_centroid = (raw_centroid - expected[1, 0]) / expected[1, 1]
     torch.testing.assert_close(npad.patch_scores(test), z_gauss + z_centroid)
+
+
+def test_fitting_together_equals_fitting_each_alone(backbone):
+    train, test = random_features(8, 6, 5, 5, seed=10), random_features(3, 6, 5, 5, seed=11)
+    variants = [dict(n_centroids=0), dict(n_centroids=4), dict(n_centroids=3, test_neighbourhood="pooled"),
+                dict(n_centroids=4, fusion="max"), dict(n_centroids=4, fusion="weighted", centroid_weight=0.3)]
+    together = [detector(backbone, radius=1, centroid_vectors=100, **options) for options in variants]
+    fit_sharing_gaussians(together, train)
+    assert all(npad.gaussian is together[0].gaussian for npad in together)  # one copy of the Gaussians
+    for options, shared in zip(variants, together):
+        alone = detector(backbone, radius=1, centroid_vectors=100, **options).fit_features(train)
+        torch.testing.assert_close(shared.score_stats, alone.score_stats)
+        torch.testing.assert_close(shared.centroids, alone.centroids)
+        torch.testing.assert_close(shared.patch_scores(test), alone.patch_scores(test))
+    with pytest.raises(ValueError, match="share their Gaussians"):
+        fit_sharing_gaussians([detector(backbone, radius=1), detector(backbone, radius=2)], train)
 
 
 def test_fusion_rules():

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import pandas as pd
+import torch
 
 from ..backbones import Backbone
-from ..evaluation import CategoryData, fit_and_score
-from ..methods import get_method, make_detector
+from ..evaluation import CategoryData, metrics_of
+from ..methods import Predictions, get_method, make_detector
+from ..methods.npad import NPad, fit_sharing_gaussians
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 #: What notebook 07 varies: the neighbourhood radius, the number of centroids (0: no centroid term),
@@ -28,23 +30,55 @@ def npad_ablation(backbone: Backbone, data: CategoryData,
     """One row per (option, value): N-pad with that option changed and every other at its default.
 
     Columns as the other ablations (`ablation` = `npad_<option>`, `setting`, `category`, `K` = centroids,
-    the metrics), plus `value` and `default` (the registry's value). The default setting is fitted once
-    and reused in every sweep."""
+    the metrics), plus `value` and `default` (the registry's value). Each distinct setting is fitted once
+    (the default is reused in every sweep), and settings with the same Gaussians (all but the radius
+    sweep's) share them: `fit_and_score_together`."""
     defaults = make_detector("npad", backbone).options()
-    scored: dict[tuple, dict] = {}
-    rows = []
+    labelled = []
     for option, values in sweeps:
         for value in values:
             changed = value if isinstance(value, dict) else {option: value}
-            options = {**get_method("npad").options, **changed}
-            key = tuple(sorted({**defaults, **options}.items()))
-            if key not in scored:
-                detector = make_detector("npad", backbone, **options)
-                scored[key] = fit_and_score(detector, data).metrics | {"K": detector.n_centroids}
-            result = scored[key]
-            label = ", ".join(f"{name} = {setting}" for name, setting in changed.items())
-            rows.append({"ablation": f"npad_{option}", "setting": label, "category": data.name,
-                         "value": str(changed[option]), "default": all(defaults[k] == v for k, v in changed.items()),
-                         "K": int(result["K"]),
-                         **{metric: result[metric] for metric in METRICS}})
+            labelled.append((option, changed, make_detector("npad", backbone, **{**get_method("npad").options,
+                                                                                   **changed})))
+    groups: dict[tuple, dict[tuple, NPad]] = {}  # Gaussians' options -> distinct settings -> detector
+    for _, _, detector in labelled:
+        groups.setdefault(options_key(detector.gaussian_options()), {}).setdefault(options_key(detector.options()),
+                                                                                 detector)
+    scored: dict[tuple, dict] = {}
+    for members in groups.values():
+        scored |= dict(zip(members, fit_and_score_together(data, list(members.values()))))
+    rows = []
+    for option, changed, detector in labelled:
+        result = scored[options_key(detector.options())]
+        label = ", ".join(f"{name} = {setting}" for name, setting in changed.items())
+        rows.append({"ablation": f"npad_{option}", "setting": label, "category": data.name,
+                     "value": str(changed[option]), "default": all(defaults[k] == v for k, v in changed.items()),
+                     "K": int(result["K"]), **{metric: result[metric] for metric in METRICS}})
     return pd.DataFrame(rows)
+
+
+def options_key(options: dict) -> tuple:
+    return tuple(sorted(options.items()))
+
+
+def fit_and_score_together(data: CategoryData, detectors: Sequence[NPad], batch_size: int = 16) -> list[dict]:
+    """Metrics and K of unfitted N-pad `detectors` that share their Gaussians' options, fitted with
+    `fit_sharing_gaussians` and scored with each test neighbourhood's Mahalanobis maps computed once: the
+    same results as fitting and scoring each alone (tested), in a fraction of the time."""
+    for detector in detectors:
+        detector.progress = False
+    fit_sharing_gaussians(list(detectors), detectors[0].features_from_embedding(data.train_embeddings))
+    test = [detectors[0].features_from_embedding(data.test_embeddings[start : start + batch_size])
+            for start in range(0, len(data.test_embeddings), batch_size)]
+    gauss = {rule: [detectors[0].mahalanobis(batch, rule) for batch in test]
+             for rule in {detector.test_neighbourhood for detector in detectors}}
+    results = []
+    for detector in detectors:
+        maps, scores = [], []
+        for gauss_batch, batch in zip(gauss[detector.test_neighbourhood], test):
+            centroid = detector.centroid_distances(batch) if detector.n_centroids > 0 else None
+            batch_maps, batch_scores = detector.maps_and_scores(detector.fused(gauss_batch, centroid), data.image_size)
+            maps.append(batch_maps)
+            scores.append(batch_scores)
+        results.append(metrics_of(data, Predictions(torch.cat(maps), torch.cat(scores))) | {"K": detector.n_centroids})
+    return results

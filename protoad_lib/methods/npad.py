@@ -171,6 +171,12 @@ def fuse(z_gauss: torch.Tensor, z_centroid: torch.Tensor, rule: str, weight: flo
     raise ValueError(f"fusion must be one of {FUSIONS}, got {rule!r}")
 
 
+def standardisation(gauss: torch.Tensor, centroid: torch.Tensor) -> torch.Tensor:
+    """`score_stats` [[mean, std] of the Mahalanobis term, [mean, std] of the centroid term] of held-out scores."""
+    return torch.stack([torch.stack([s.mean(), s.std(unbiased=False).clamp_min(1e-12)])
+                        for s in (gauss, centroid)]).float().cpu()
+
+
 def kmeans_centroids(vectors: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """faiss k-means centroids [min(k, M), d] of vectors [M, d] (seeded; all vectors used, no faiss subsampling)."""
     k = min(k, vectors.shape[0])
@@ -227,23 +233,12 @@ class NPad(AnomalyDetector):
     # --- fit ------------------------------------------------------------------------------------
     def fit_features(self, features: torch.Tensor) -> "NPad":
         """Fit on features [N, d, h, w]; with the centroid term, first the held-out standardisation."""
-        if features.shape[1] != self.gaussian.n_features:
-            raise ValueError(f"expected {self.gaussian.n_features} channels, got {features.shape[1]}")
-        features = features.detach()
-        if self.n_centroids > 0:
-            fit, held_out = holdout_split(len(features), self.holdout, self.seed)
-            self.fit_terms(features, fit, "npad: held-out fit")
-            gauss, centroid = self.term_scores(features.index_select(0, held_out.to(features.device)))
-            self.score_stats = torch.stack([torch.stack([s.mean(), s.std(unbiased=False).clamp_min(1e-12)])
-                                            for s in (gauss, centroid)]).float().cpu()
-        return self.fit_terms(features, None, "npad: Gaussians")
-
-    def fit_terms(self, features: torch.Tensor, images: torch.Tensor | None, description: str) -> "NPad":
-        """Pooled Gaussians and (if on) centroids from the images `images` (default all) of features."""
-        self.fit_gaussians(features, images, description)
-        if self.n_centroids > 0:
-            self.set_centroids(kmeans_centroids(self.sample_vectors(features, images), self.n_centroids, self.seed))
+        fit_sharing_gaussians([self], features)
         return self
+
+    def gaussian_options(self) -> dict:
+        """The options the pooled Gaussians (and the hold-out split) depend on."""
+        return {**self.gaussian.options(), "radius": self.radius, "holdout": self.holdout}
 
     def block_positions(self, n_images: int) -> int:
         """Grid positions pooled at once: `chunk_size`, or `BLOCK_BYTES` of float64 d x d (or N x d) blocks."""
@@ -291,10 +286,11 @@ class NPad(AnomalyDetector):
             self._index.add(self.centroids.numpy())
 
     # --- scoring --------------------------------------------------------------------------------
-    def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
+    def mahalanobis(self, features: torch.Tensor, neighbourhood: str | None = None) -> torch.Tensor:
         """Mahalanobis scores [B, h, w]: to each position's own pooled Gaussian, or ("min") the minimum
-        over the Gaussians of every in-bounds position within the radius (shifted copies, full-grid each)."""
-        if self.test_neighbourhood == "pooled" or self.radius == 0:
+        over the Gaussians of every in-bounds position within the radius (shifted copies, full-grid each).
+        `neighbourhood`: "pooled" or "min" instead of `test_neighbourhood`."""
+        if (neighbourhood or self.test_neighbourhood) == "pooled" or self.radius == 0:
             return self.gaussian.patch_scores(features)
         batch, _, height, width = features.shape
         best = torch.full((batch, height, width), float("inf"), device=features.device, dtype=features.dtype)
@@ -323,10 +319,14 @@ class NPad(AnomalyDetector):
         return gauss, (self.centroid_distances(features) if self.n_centroids > 0 else None)
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
-        gauss, centroid = self.term_scores(features)
+        return self.fused(*self.term_scores(features))
+
+    def fused(self, gauss: torch.Tensor, centroid: torch.Tensor | None) -> torch.Tensor:
+        """The patch scores from the two raw terms: standardised and fused (the raw Mahalanobis map alone
+        without the centroid term)."""
         if centroid is None:
             return gauss
-        stats = self.score_stats.to(features.device, features.dtype)
+        stats = self.score_stats.to(gauss.device, gauss.dtype)
         return fuse((gauss - stats[0, 0]) / stats[0, 1], (centroid - stats[1, 0]) / stats[1, 1],
                     self.fusion, self.centroid_weight)
 
@@ -351,3 +351,33 @@ class NPad(AnomalyDetector):
         detector.set_centroids(tensors["centroids"])
         detector.score_stats = tensors["score_stats"].float().clone()
         return detector
+
+
+def fit_sharing_gaussians(detectors: list[NPad], features: torch.Tensor) -> None:
+    """Fit N-pad detectors that differ only in their centroid term, test neighbourhood or fusion on the same
+    features [N, d, h, w], as each `fit_features` would, but with the pooled Gaussians fitted once for
+    all: on the held-out split's fit images (when a detector has centroids), scored on the held-out
+    images once per test neighbourhood, then on all images, installed in every detector (one shared
+    `gaussian`). Per detector only its centroids and standardisation are computed."""
+    first = detectors[0]
+    if any(detector.gaussian_options() != first.gaussian_options() for detector in detectors):
+        raise ValueError("detectors fitted together must share their Gaussians' options")
+    if features.shape[1] != first.gaussian.n_features:
+        raise ValueError(f"expected {first.gaussian.n_features} channels, got {features.shape[1]}")
+    features = features.detach()
+    standardised = [detector for detector in detectors if detector.n_centroids > 0]
+    if standardised:
+        fit, held_out = holdout_split(len(features), first.holdout, first.seed)
+        first.fit_gaussians(features, fit, "npad: held-out fit")
+        held = features.index_select(0, held_out.to(features.device))
+        gauss = {rule: first.mahalanobis(held, rule) for rule in {d.test_neighbourhood for d in standardised}}
+        for detector in standardised:
+            detector.set_centroids(kmeans_centroids(detector.sample_vectors(features, fit), detector.n_centroids,
+                                                    detector.seed))
+            detector.score_stats = standardisation(gauss[detector.test_neighbourhood], detector.centroid_distances(held))
+    first.fit_gaussians(features, None, "npad: Gaussians")
+    for detector in detectors:
+        detector.gaussian = first.gaussian
+        if detector.n_centroids > 0:
+            detector.set_centroids(kmeans_centroids(detector.sample_vectors(features, None), detector.n_centroids,
+                                                    detector.seed))
