@@ -1,5 +1,6 @@
 """The paper path on tiny data in the real layouts: resumable evaluation, and all seven notebooks end to end."""
 
+from dataclasses import replace
 from functools import partial
 
 import pandas as pd
@@ -55,6 +56,47 @@ def test_an_interrupted_run_restarted_redoes_no_finished_category(paper_layout, 
     calls.clear()
     evaluate(paper_run(paper_layout, tmp_path), options={"padim": {"epsilon": 0.02}})
     assert len(calls) == 4  # other method options: nothing stored is reused
+
+
+def test_an_interrupted_ablation_run_resumes_after_its_last_finished_ablation(paper_layout, tmp_path, monkeypatch):
+    """Interrupted in the sigma ablation of its first category: the rerun redoes neither that category's
+    earlier ablations nor the reference fit they share when nothing left needs it."""
+    from protoad_lib.experiments import ablations
+
+    calls, fits = [], []
+    original_sigma, original_fit = ablations.sigma_ablation, ablations.fit_baselines
+
+    def counting_sigma(*args, **kwargs):
+        calls.append("sigma")
+        if interrupt[0]:
+            raise KeyboardInterrupt
+        return original_sigma(*args, **kwargs)
+
+    def counting_fit(*args, **kwargs):
+        fits.append(1)
+        return original_fit(*args, **kwargs)
+
+    monkeypatch.setattr(ablations, "sigma_ablation", counting_sigma)
+    monkeypatch.setattr(ablations, "fit_baselines", counting_fit)
+    run = setup("paper", ["bottle"], backbone="efficientnet_lite0", data_root=paper_layout, results_dir=tmp_path,
+                smoke=True)
+    plan = ablations.ablation_plan(run.profile, run.device)
+    plan = replace(plan, npad_categories=0, prn_categories=0, image_size_categories=0)  # not needed here
+    interrupt = [True]
+    with pytest.raises(KeyboardInterrupt):
+        ablations.run_ablations(run, plan, plan.config(seed=run.seed))
+    stored = sorted(path.name.split("__")[1] for path in (tmp_path / "cache" / "ablations").glob("*.pt"))
+    assert stored == sorted(["layers", "finch_level", "level_rule", "clustering", "subsampling"])
+
+    interrupt[0], fits[:] = False, []
+    resumed = ablations.run_ablations(run, plan, plan.config(seed=run.seed))
+    assert calls == ["sigma", "sigma"] and len(fits) == 1  # sigma needs the reference fit again
+    assert list(resumed["seconds"]["ablation"]) == ["layers", "finch_level", "level_rule", "clustering",
+                                                     "subsampling", "sigma", "image_score"]
+    fits[:] = []
+    again = ablations.run_ablations(run, plan, plan.config(seed=run.seed))
+    assert calls == ["sigma", "sigma"] and fits == []  # all stored: nothing loaded, nothing fitted
+    pd.testing.assert_frame_equal(again["layers"], resumed["layers"])
 
 
 def test_all_seven_notebooks_run_on_the_paper_layouts(paper_layout, tmp_path):

@@ -26,6 +26,7 @@ from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
 from ..profiles import DatasetSpec
+from ..resume import ResultStore
 from ..session import RunSetup
 from .ablation_plan import AblationPlan, ablation_plan  # noqa: F401 (ablation_plan: notebook 07 calls ab.ablation_plan)
 from .level_rule import level_rule_ablation
@@ -293,47 +294,66 @@ ABLATIONS = ("layers", "finch_level", "level_rule", "clustering", "subsampling",
 
 
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
-                    index: int) -> dict[str, pd.DataFrame]:
-    """Every ablation `plan` gives the run's category number `index` (`AblationPlan.ablates`), sharing one
-    reference fit: tables by `ABLATIONS` name, and `seconds` (the time each ablation took)."""
+                    index: int, store: ResultStore) -> dict[str, pd.DataFrame]:
+    """Every ablation `plan` gives the run's category number `index` (`AblationPlan.ablates`): tables by
+    `ABLATIONS` name, and `seconds` (the time each ablation took). Each ablation's table is stored as it
+    finishes (`store`, unit (category, ablation)), so an interrupted category resumes after its last
+    finished ablation; the category's embeddings and the reference fit they share are made on first need."""
     backbone = run.backbone
-    data = run.load(spec, category)
-    fits = fit_baselines(backbone, [data], config)
+    shared: dict[str, Any] = {}
+
+    def loaded() -> tuple[CategoryData, dict[str, ProtoAD]]:
+        if not shared:
+            shared["data"] = run.load(spec, category)
+            shared["fits"] = fit_baselines(backbone, [shared["data"]], config)
+        return shared["data"], shared["fits"]
+
+    on_embeddings: dict[str, Callable[[CategoryData, dict[str, ProtoAD]], pd.DataFrame]] = {
+        "layers": lambda data, fits: layer_ablation(backbone, [data], plan.layer_subsets, config, fits),
+        "finch_level": lambda data, fits: finch_level_ablation(backbone, [data], config, fits),
+        "level_rule": lambda data, fits: level_rule_ablation(backbone, [data], fits),
+        "clustering": lambda data, fits: clustering_method_ablation(backbone, [data], plan.clustering_methods,
+                                                                    config, fits),
+        "subsampling": lambda data, fits: subsampling_ablation(backbone, [data], plan.strategies, plan.budgets,
+                                                               config, fits),
+        "sigma": lambda data, fits: sigma_ablation(backbone, [data], plan.sigmas, config, fits),
+        "image_score": lambda data, fits: image_score_ablation(backbone, [data], plan.image_score_rules, config,
+                                                               fits),
+        "npad": lambda data, fits: npad_ablation(backbone, data, plan.npad_sweeps),
+        "prn": lambda data, fits: prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen,
+                                               {"schedule": plan.prn_schedule}, seed=run.seed, device=run.device),
+    }
     tables, seconds = {}, []
 
-    def ablate(name: str, ablation: Callable[..., pd.DataFrame], *args: Any, **kwargs: Any) -> None:
+    def ablate(name: str, compute: Callable[[], pd.DataFrame]) -> None:
         if plan.ablates(name, index):
-            start = time.perf_counter()
-            tables[name] = ablation(*args, **kwargs)
-            seconds.append({"category": category, "ablation": name, "seconds": round(time.perf_counter() - start, 1)})
+            tables[name], took = store.computed(lambda: timed(compute), category, name)
+            seconds.append({"category": category, "ablation": name, "seconds": took})
 
-    ablate("layers", layer_ablation, backbone, [data], plan.layer_subsets, config, fits)
-    ablate("finch_level", finch_level_ablation, backbone, [data], config, fits)
-    ablate("level_rule", level_rule_ablation, backbone, [data], fits)
-    ablate("clustering", clustering_method_ablation, backbone, [data], plan.clustering_methods, config, fits)
-    ablate("subsampling", subsampling_ablation, backbone, [data], plan.strategies, plan.budgets, config, fits)
-    ablate("sigma", sigma_ablation, backbone, [data], plan.sigmas, config, fits)
-    ablate("image_score", image_score_ablation, backbone, [data], plan.image_score_rules, config, fits)
-    ablate("npad", npad_ablation, backbone, data, plan.npad_sweeps)
-    ablate("prn", prn_ablation, backbone, data, plan.prn_epochs, plan.prn_seen, {"schedule": plan.prn_schedule},
-           seed=run.seed, device=run.device)
-    del data, fits  # the image-size ablation holds its own embeddings (larger ones at 288 px)
-    ablate("image_size", image_size_ablation, backbone, run.root(spec), category, layout=spec.layout,
-           sizes=plan.image_sizes, config=config, cache=run.cache, dataset_name=spec.name,
-           batch_size=run.profile.batch_size, device=run.device, base_resize=run.profile.resize,
-           base_crop=run.profile.image_size)
+    for name, ablation in on_embeddings.items():
+        ablate(name, lambda: ablation(*loaded()))
+    shared.clear()  # the image-size ablation holds its own embeddings (larger ones at 288 px)
+    ablate("image_size", lambda: image_size_ablation(
+        backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,
+        cache=run.cache, dataset_name=spec.name, batch_size=run.profile.batch_size, device=run.device,
+        base_resize=run.profile.resize, base_crop=run.profile.image_size))
     tables["seconds"] = pd.DataFrame(seconds)
     return tables
 
 
+def timed(compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
+    """`compute()` and the seconds it took (one decimal)."""
+    start = time.perf_counter()
+    table = compute()
+    return table, round(time.perf_counter() - start, 1)
+
+
 def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> dict[str, pd.DataFrame]:
     """Every ablation on every category of the run, category by category (one category's embeddings in
-    memory at a time), each category's tables stored as it finishes so an interrupted run resumes there.
-    `seconds`: what each ablation took on each category (stored with the category's tables)."""
+    memory at a time), each (category, ablation) table stored as it finishes so an interrupted run resumes
+    after the last finished one. `seconds`: what each ablation took on each category (stored with its table)."""
     store = run.store("ablations", {"plan": asdict(plan), "config": asdict(config)})
-    per_category = []
-    for index, (spec, category) in enumerate(run.each_category("ablations")):
-        per_category.append(store.computed(lambda: ablate_category(run, spec, category, plan, config, index),
-                                           category))
+    per_category = [ablate_category(run, spec, category, plan, config, index, store)
+                    for index, (spec, category) in enumerate(run.each_category("ablations"))]
     return {name: pd.concat([tables[name] for tables in per_category if name in tables], ignore_index=True)
-            for name in (*ABLATIONS, "seconds")}
+            for name in (*ABLATIONS, "seconds") if any(name in tables for tables in per_category)}
