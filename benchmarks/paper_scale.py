@@ -10,6 +10,10 @@ weights time the same network as ImageNet weights. PRN trains `--prn-epochs` lon
 CPU schedule's 30 epochs would take hours here); one epoch of PRN on the same category is then timed on
 its own (`PRN.train_s`), and the projection adds the epochs the real run trains on top.
 
+Interrupted (Ctrl-C, SIGTERM), it stops the running notebook and records what it measured; run it again
+with the same --json and --work-dir and it goes on from that notebook, which resumes after its last stored
+unit (see `run_notebook`).
+
 The projection to the whole paper run on a CPU is an estimate, not a measurement: notebooks 01 and 06
 (one category) once; the other notebooks' time per image, without their PRN training and without notebook
 07's first-category-only ablations (N-pad, PRN: `07_ablation_seconds.csv`), times every image of the 18
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +47,7 @@ from protoad_lib.experiments.ablations import ablation_plan
 from protoad_lib.methods import make_detector
 from protoad_lib.methods.prn import SCHEDULES
 from protoad_lib.profiles import get_profile
+from protoad_lib.run import stop_on_sigterm
 
 NOTEBOOKS = ("01", "02", "03", "04", "05", "06", "07")
 #: (train, test) images of the 15 MVTec AD categories and the 3 BTAD products (MVTec AD paper, BTAD paper).
@@ -62,18 +69,33 @@ def category(root: Path, n_train: int, n_test_good: int, n_test_per_defect: int)
     return data
 
 
-def run_notebook(number: str, data: Path, results: Path, backbone: str, prn_epochs: int) -> dict:
+def run_notebook(number: str, data: Path, results: Path, backbone: str, prn_epochs: int,
+                 interrupted: list[dict]) -> dict:
+    """One notebook's wall time and peak memory. Interrupted (Ctrl-C, SIGTERM), it stops the notebook's runner
+    (which shuts its kernel down; what the notebook stored stays stored) and appends the seconds it ran to
+    `interrupted`; the row of a later, finished run adds them (`interrupted_s`): the notebook resumed after
+    its last stored unit, and the unit that was cut off is counted twice, so the row is an upper bound."""
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "protoad_lib.run", "--profile", "paper", "--quiet",
                "--notebooks", number, "--results-dir", str(results), "--param", "categories=hazelnut",
                "--param", f"backbone={backbone}", "--param", f"data_root={data}",
                "--param", f"prn_epochs={prn_epochs}"]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            os.killpg(process.pid, signal.SIGTERM)  # /usr/bin/time and the runner (/usr/bin/time forwards nothing)
+            process.communicate()  # until the runner has shut its kernel down and closed its output
+            interrupted.append({"notebook": number, "seconds": round(time.perf_counter() - start, 1)})
+            raise
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"notebook {number} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"notebook": number, "seconds": round(seconds, 1), "peak_rss_gib": round(peak_kb / 2**20, 2)}
+    if process.returncode != 0:
+        raise RuntimeError(f"notebook {number} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
+    earlier = sum(row["seconds"] for row in interrupted if row["notebook"] == number)
+    return {"notebook": number, "seconds": round(seconds + earlier, 1), "peak_rss_gib": round(peak_kb / 2**20, 2)} \
+        | ({"interrupted_s": round(earlier, 1)} if earlier else {})
 
 
 def prn_epoch_seconds(data: Path, backbone: str) -> dict:
@@ -144,7 +166,7 @@ def main() -> None:
     if args.json and args.work_dir and Path(args.json).is_file():
         earlier = json.loads(Path(args.json).read_text())
         if all(earlier.get(key) == value for key, value in result.items() if key != "notebooks"):
-            result["notebooks"] = earlier["notebooks"]
+            result["notebooks"], result["interrupted"] = earlier["notebooks"], earlier.get("interrupted", [])
 
     def record() -> None:  # what is measured so far survives an interruption
         print(json.dumps(result, indent=2), flush=True)
@@ -156,7 +178,13 @@ def main() -> None:
         data = category(folder, args.n_train, args.n_test_good, args.n_test_per_defect)
         done = {row["notebook"] for row in result["notebooks"]}
         for number in [n for n in NOTEBOOKS if n not in done]:
-            result["notebooks"].append(run_notebook(number, data, folder / "results", args.backbone, args.prn_epochs))
+            try:
+                row = run_notebook(number, data, folder / "results", args.backbone, args.prn_epochs,
+                                   result.setdefault("interrupted", []))
+            except BaseException:
+                record()
+                raise
+            result["notebooks"].append(row)
             record()
         result["prn_one_epoch"] = prn_epoch_seconds(data, args.backbone)
         result["total_s"] = round(sum(row["seconds"] for row in result["notebooks"]), 1)
@@ -167,4 +195,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     main()

@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
+def stop_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (`kill`, `timeout`, a batch scheduler's time limit) ends the run as Ctrl-C does: the running
     kernel is shut down and the unfinished executed copy is removed (by default the process would just die)."""
     raise SystemExit(128 + signum)
@@ -388,5 +388,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     sys.exit(main())
