@@ -25,9 +25,12 @@ def test_paper_scale_table_states_each_notebook_the_pauses_and_the_projection(tm
 
 def test_a_partial_run_has_no_total_and_no_projection(tmp_path):
     path = tmp_path / "paper_scale.json"
-    path.write_text(json.dumps({"notebooks": [{"notebook": "02", "seconds": 244.7, "peak_rss_gib": 9.84}]}))
+    path.write_text(json.dumps({"notebooks": [{"notebook": "02", "seconds": 244.7, "peak_rss_gib": 9.84},
+                                              {"notebook": "07", "seconds": 7260.0, "peak_rss_gib": 20.1,
+                                               "interrupted_s": 3600.4}]}))
     table = paper_scale_markdown(path)
     assert "| 02 features | 245 s | 9.8 GiB |" in table
+    assert "| 07 ablations | 7,260 s (121 min), of which 3,600 s before an interruption | 20.1 GiB |" in table
     assert "all seven" not in table and "Projected" not in table
 
 

@@ -60,7 +60,8 @@ def paper_scale_markdown(result_json: Path) -> str:
              "| notebook | wall time | peak memory (RSS) |", "|---|---|---|"]
     for row in result["notebooks"]:
         paused = f", plus {row['paused_s']:,.0f} s paused, not counted" if row.get("paused_s") else ""
-        lines.append(f"| {NOTEBOOK_TITLES[row['notebook']]} | {_duration(row['seconds'])}{paused} | "
+        resumed = f", of which {row['interrupted_s']:,.0f} s before an interruption" if row.get("interrupted_s") else ""
+        lines.append(f"| {NOTEBOOK_TITLES[row['notebook']]} | {_duration(row['seconds'])}{paused}{resumed} | "
                      f"{row['peak_rss_gib']:.1f} GiB |")
     if "total_s" in result:
         lines.append(f"| all seven | {_duration(result['total_s'])} | |")
