@@ -30,7 +30,8 @@ TIMING_NOTE = (
     "(each row's `repeats` says how many it got); "
     "images_per_s = batch_size / (p50_ms / 1000); head_ms: median per-batch time of everything after "
     "the backbone (features_from_maps + patch_scores + anomaly-map head + image score) on precomputed "
-    "backbone maps (None at batch sizes outside env.head_batch_sizes); fit_s: one fit on the train images (backbone feature extraction included)."
+    "backbone maps (None at batch sizes outside env.head_batch_sizes); fit_s: one fit on the train images "
+    "(backbone feature extraction included)."
 )
 MEMORY_NOTE = (
     "peak_mem_mb = state_mb + infer_peak_mb: the method's fitted state (prototypes / memory bank / Gaussians: "
@@ -106,11 +107,11 @@ def benchmark_settings(profile: Profile) -> BenchmarkSettings:
     bank of 16,385 vectors at 10 %), so the speeds are those of the paper's setting; batch 1 / 8 / 32,
     10 timed runs, each callable within a 60 s budget once it has 3 (on 2 CPU cores one batch of 32 through
     N-pad's or PatchCore's head takes tens of seconds), the head alone at batch 1 and 8 only (its time per
-    image does not change with the batch), one warm-up run, the harness' default K and bank-size sweeps. `fit_counts`: training-set sizes of the
-    fit-time growth curve (`fit_scaling`). anomalib rows whenever the `peers` extra is installed. PRN
-    trains for one epoch in the paper profile: its speed does not depend on how long it trained, and its
-    schedule's training time (hours per category on a CPU) is notebook 05's. A smoke profile: 4 images,
-    one timed run."""
+    image does not change with the batch), one warm-up run, the harness' default K and bank-size sweeps.
+    `fit_counts`: training-set sizes of the fit-time growth curve (`fit_scaling`). anomalib rows whenever the
+    `peers` extra is installed. PRN trains for one epoch in the paper profile: its speed does not depend on how
+    long it trained, and its schedule's training time (hours per category on a CPU) is notebook 05's. A smoke
+    profile: 4 images, one timed run."""
     if profile.smoke:
         return BenchmarkSettings(batch_sizes=(1, 2), n_images=4, warmup=0, repeats=1, head_ks=(10, 100),
                                  bank_sizes=(100, 1_000), include_anomalib=False, fit_counts=(2, 4))
@@ -248,7 +249,8 @@ def _run_benchmark(backbone_name: str, methods: Sequence[str], batch_sizes: Sequ
     env = environment(device, threads) | {
         "backbone": backbone_name, "weights": weights, "batch_sizes": [int(b) for b in batch_sizes],
         "warmup": warmup, "repeats": repeats, "time_budget_s": budget_s,
-        "head_batch_sizes": [int(b) for b in head_batch_sizes], **data_info, "timing": TIMING_NOTE, "memory": MEMORY_NOTE,
+        "head_batch_sizes": [int(b) for b in head_batch_sizes], **data_info, "timing": TIMING_NOTE,
+        "memory": MEMORY_NOTE,
     } | ({"method_options": {m: dict(o) for m, o in options.items()}} if options else {})
     method_list = [m for m in dict.fromkeys(methods) if m != "backbone"]  # the backbone row is always there
     if include_anomalib and env["anomalib"] is not None:

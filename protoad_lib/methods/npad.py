@@ -358,13 +358,22 @@ def fit_sharing_gaussians(detectors: list[NPad], features: torch.Tensor) -> None
     features [N, d, h, w], as each `fit_features` would, but with the pooled Gaussians fitted once for
     all: on the held-out split's fit images (when a detector has centroids), scored on the held-out
     images once per test neighbourhood, then on all images, installed in every detector (one shared
-    `gaussian`). Per detector only its centroids and standardisation are computed."""
+    `gaussian`). Per detector only its standardisation is computed, and k-means once per centroid setting."""
     first = detectors[0]
     if any(detector.gaussian_options() != first.gaussian_options() for detector in detectors):
         raise ValueError("detectors fitted together must share their Gaussians' options")
     if features.shape[1] != first.gaussian.n_features:
         raise ValueError(f"expected {first.gaussian.n_features} channels, got {features.shape[1]}")
     features = features.detach()
+    kmeans: dict[tuple, torch.Tensor] = {}
+
+    def install_centroids(detector: NPad, images: torch.Tensor | None) -> None:
+        key = (detector.n_centroids, detector.centroid_vectors, images is None)
+        if key not in kmeans:
+            kmeans[key] = kmeans_centroids(detector.sample_vectors(features, images), detector.n_centroids,
+                                           detector.seed)
+        detector.set_centroids(kmeans[key])
+
     standardised = [detector for detector in detectors if detector.n_centroids > 0]
     if standardised:
         fit, held_out = holdout_split(len(features), first.holdout, first.seed)
@@ -372,12 +381,10 @@ def fit_sharing_gaussians(detectors: list[NPad], features: torch.Tensor) -> None
         held = features.index_select(0, held_out.to(features.device))
         gauss = {rule: first.mahalanobis(held, rule) for rule in {d.test_neighbourhood for d in standardised}}
         for detector in standardised:
-            detector.set_centroids(kmeans_centroids(detector.sample_vectors(features, fit), detector.n_centroids,
-                                                    detector.seed))
+            install_centroids(detector, fit)
             detector.score_stats = standardisation(gauss[detector.test_neighbourhood], detector.centroid_distances(held))
     first.fit_gaussians(features, None, "npad: Gaussians")
     for detector in detectors:
         detector.gaussian = first.gaussian
         if detector.n_centroids > 0:
-            detector.set_centroids(kmeans_centroids(detector.sample_vectors(features, None), detector.n_centroids,
-                                                    detector.seed))
+            install_centroids(detector, None)
