@@ -85,9 +85,8 @@ def run_notebook(number: str, data: Path, results: Path, backbone: str, prn_epoc
         try:
             stdout, stderr = process.communicate()
         except BaseException:
-            os.killpg(process.pid, signal.SIGTERM)  # /usr/bin/time and the runner (/usr/bin/time forwards nothing)
-            process.communicate()  # until the runner has shut its kernel down and closed its output
             interrupted.append({"notebook": number, "seconds": round(time.perf_counter() - start, 1)})
+            stop(process)
             raise
     seconds = time.perf_counter() - start
     if process.returncode != 0:
@@ -96,6 +95,21 @@ def run_notebook(number: str, data: Path, results: Path, backbone: str, prn_epoc
     earlier = sum(row["seconds"] for row in interrupted if row["notebook"] == number)
     return {"notebook": number, "seconds": round(seconds + earlier, 1), "peak_rss_gib": round(peak_kb / 2**20, 2)} \
         | ({"interrupted_s": round(earlier, 1)} if earlier else {})
+
+
+def stop(process: subprocess.Popen, grace_s: float = 120.0) -> None:
+    """Stop a notebook's process group (/usr/bin/time and the runner; /usr/bin/time forwards no signal): SIGTERM,
+    so the runner shuts its kernel down, then SIGKILL if it has not ended within `grace_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:  # it has ended already
+            return
+        try:
+            process.communicate(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def prn_epoch_seconds(data: Path, backbone: str) -> dict:
@@ -195,5 +209,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the notebook too, not only this script
+        signal.signal(stop_signal, stop_on_sigterm)
     main()

@@ -61,7 +61,8 @@ class ResultStore:
         return None
 
     def computed(self, compute: Callable[[], Any], *unit: str) -> Any:
-        """The stored result of `unit`, else `compute()`, stored as soon as it returns."""
+        """The stored result of `unit`, else `compute()`, stored as soon as it returns (a None result reads as
+        missing, so it is computed again each time)."""
         result = self.load(*unit)
         if result is None:
             result = compute()

@@ -296,42 +296,51 @@ ABLATIONS = ("layers", "finch_level", "level_rule", "clustering", "subsampling",
 def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: AblationPlan, config: ProtoADConfig,
                     index: int, store: ResultStore) -> dict[str, pd.DataFrame]:
     """Every ablation `plan` gives the run's category number `index` (`AblationPlan.ablates`): tables by
-    `ABLATIONS` name, and `seconds` (the time each ablation took). Each ablation's table is stored as it
-    finishes (`store`, unit (category, ablation)), so an interrupted category resumes after its last
-    finished ablation; the category's embeddings and the reference fit they share are made on first need."""
+    `ABLATIONS` name, and `seconds` (the time each ablation took, without loading the category's embeddings
+    and fitting the reference ProtoAD most of them share: both are made on first need, outside any ablation's
+    clock). Each ablation's table is stored as it finishes (`store`, unit (category, ablation)), so an
+    interrupted category resumes after its last finished ablation."""
     backbone = run.backbone
     shared: dict[str, Any] = {}
 
-    def loaded() -> tuple[CategoryData, dict[str, ProtoAD]]:
-        if not shared:
+    def category_data() -> CategoryData:
+        if "data" not in shared:
             shared["data"] = run.load(spec, category)
-            shared["fits"] = fit_baselines(backbone, [shared["data"]], config)
-        return shared["data"], shared["fits"]
+        return shared["data"]
 
-    on_embeddings: dict[str, Callable[[CategoryData, dict[str, ProtoAD]], pd.DataFrame]] = {
-        "layers": lambda data, fits: layer_ablation(backbone, [data], plan.layer_subsets, config, fits),
-        "finch_level": lambda data, fits: finch_level_ablation(backbone, [data], config, fits),
-        "level_rule": lambda data, fits: level_rule_ablation(backbone, [data], fits),
-        "clustering": lambda data, fits: clustering_method_ablation(backbone, [data], plan.clustering_methods,
-                                                                    config, fits),
-        "subsampling": lambda data, fits: subsampling_ablation(backbone, [data], plan.strategies, plan.budgets,
-                                                               config, fits),
-        "sigma": lambda data, fits: sigma_ablation(backbone, [data], plan.sigmas, config, fits),
-        "image_score": lambda data, fits: image_score_ablation(backbone, [data], plan.image_score_rules, config,
-                                                               fits),
-        "npad": lambda data, fits: npad_ablation(backbone, data, plan.npad_sweeps),
-        "prn": lambda data, fits: prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen,
-                                               {"schedule": plan.prn_schedule}, seed=run.seed, device=run.device),
-    }
+    def reference_fits() -> dict[str, ProtoAD]:
+        if "fits" not in shared:
+            shared["fits"] = fit_baselines(backbone, [category_data()], config)
+        return shared["fits"]
+
     tables, seconds = {}, []
 
-    def ablate(name: str, compute: Callable[[], pd.DataFrame]) -> None:
+    def ablate(name: str, ablation: Callable[..., pd.DataFrame], *inputs: Callable[[], Any]) -> None:
+        """Run (or read back) one ablation; its inputs are made before its clock starts."""
         if plan.ablates(name, index):
-            tables[name], took = store.computed(lambda: timed(compute), category, name)
+            def compute() -> tuple[pd.DataFrame, float]:
+                arguments = [make() for make in inputs]
+                return timed(lambda: ablation(*arguments))
+
+            tables[name], took = store.computed(compute, category, name)
             seconds.append({"category": category, "ablation": name, "seconds": took})
 
-    for name, ablation in on_embeddings.items():
-        ablate(name, lambda: ablation(*loaded()))
+    with_reference = (category_data, reference_fits)
+    ablate("layers", lambda data, fits: layer_ablation(backbone, [data], plan.layer_subsets, config, fits),
+           *with_reference)
+    ablate("finch_level", lambda data, fits: finch_level_ablation(backbone, [data], config, fits), *with_reference)
+    ablate("level_rule", lambda data, fits: level_rule_ablation(backbone, [data], fits), *with_reference)
+    ablate("clustering", lambda data, fits: clustering_method_ablation(backbone, [data], plan.clustering_methods,
+                                                                       config, fits), *with_reference)
+    ablate("subsampling", lambda data, fits: subsampling_ablation(backbone, [data], plan.strategies, plan.budgets,
+                                                                  config, fits), *with_reference)
+    ablate("sigma", lambda data, fits: sigma_ablation(backbone, [data], plan.sigmas, config, fits), *with_reference)
+    ablate("image_score", lambda data, fits: image_score_ablation(backbone, [data], plan.image_score_rules, config,
+                                                                  fits), *with_reference)
+    ablate("npad", lambda data: npad_ablation(backbone, data, plan.npad_sweeps), category_data)
+    ablate("prn", lambda data: prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen,
+                                            {"schedule": plan.prn_schedule}, seed=run.seed, device=run.device),
+           category_data)
     shared.clear()  # the image-size ablation holds its own embeddings (larger ones at 288 px)
     ablate("image_size", lambda: image_size_ablation(
         backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,

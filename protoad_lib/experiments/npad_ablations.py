@@ -67,18 +67,22 @@ def fit_and_score_together(data: CategoryData, detectors: Sequence[NPad], batch_
     same results as fitting and scoring each alone (tested), in a fraction of the time."""
     for detector in detectors:
         detector.progress = False
-    fit_sharing_gaussians(list(detectors), detectors[0].features_from_embedding(data.train_embeddings))
-    test = [detectors[0].features_from_embedding(data.test_embeddings[start : start + batch_size])
-            for start in range(0, len(data.test_embeddings), batch_size)]
-    gauss = {rule: [detectors[0].mahalanobis(batch, rule) for batch in test]
-             for rule in {detector.test_neighbourhood for detector in detectors}}
-    results = []
-    for detector in detectors:
-        maps, scores = [], []
-        for gauss_batch, batch in zip(gauss[detector.test_neighbourhood], test):
-            centroid = detector.centroid_distances(batch) if detector.n_centroids > 0 else None
-            batch_maps, batch_scores = detector.maps_and_scores(detector.fused(gauss_batch, centroid), data.image_size)
-            maps.append(batch_maps)
-            scores.append(batch_scores)
-        results.append(metrics_of(data, Predictions(torch.cat(maps), torch.cat(scores))) | {"K": detector.n_centroids})
+    first = detectors[0]
+    fit_sharing_gaussians(list(detectors), first.features_from_embedding(data.train_embeddings))
+    rules = {detector.test_neighbourhood for detector in detectors}
+    gauss: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
+    centroid: list[list[torch.Tensor | None]] = [[] for _ in detectors]
+    with torch.inference_mode():
+        for start in range(0, len(data.test_embeddings), batch_size):
+            batch = first.features_from_embedding(data.test_embeddings[start : start + batch_size])
+            for rule in rules:
+                gauss[rule].append(first.mahalanobis(batch, rule))
+            for distances, detector in zip(centroid, detectors):
+                distances.append(detector.centroid_distances(batch) if detector.n_centroids > 0 else None)
+        results = []
+        for distances, detector in zip(centroid, detectors):
+            maps, scores = zip(*(detector.maps_and_scores(detector.fused(*terms), data.image_size)
+                                 for terms in zip(gauss[detector.test_neighbourhood], distances)))
+            results.append(metrics_of(data, Predictions(torch.cat(maps), torch.cat(scores)))
+                           | {"K": detector.n_centroids})
     return results

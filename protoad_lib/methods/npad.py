@@ -358,13 +358,15 @@ def fit_sharing_gaussians(detectors: list[NPad], features: torch.Tensor) -> None
     features [N, d, h, w], as each `fit_features` would, but with the pooled Gaussians fitted once for
     all: on the held-out split's fit images (when a detector has centroids), scored on the held-out
     images once per test neighbourhood, then on all images, installed in every detector (one shared
-    `gaussian`). Per detector only its standardisation is computed, and k-means once per centroid setting."""
+    `gaussian`, fitted anew: refitting a detector alone later leaves the others' untouched). Per detector only
+    its standardisation is computed, and k-means once per centroid setting."""
     first = detectors[0]
     if any(detector.gaussian_options() != first.gaussian_options() for detector in detectors):
         raise ValueError("detectors fitted together must share their Gaussians' options")
     if features.shape[1] != first.gaussian.n_features:
         raise ValueError(f"expected {first.gaussian.n_features} channels, got {features.shape[1]}")
     features = features.detach()
+    first.gaussian = PaDiM(first.backbone, **first.gaussian.config())  # not one an earlier joint fit shares
     kmeans: dict[tuple, torch.Tensor] = {}
 
     def install_centroids(detector: NPad, images: torch.Tensor | None) -> None:
