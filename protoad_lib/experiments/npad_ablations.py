@@ -81,8 +81,7 @@ def fit_and_score_together(data: CategoryData, detectors: Sequence[NPad], batch_
                 distances.append(detector.centroid_distances(batch) if detector.n_centroids > 0 else None)
         results = []
         for distances, detector in zip(centroid, detectors):
-            maps, scores = zip(*(detector.maps_and_scores(detector.fused(*terms), data.image_size)
-                                 for terms in zip(gauss[detector.test_neighbourhood], distances)))
-            results.append(metrics_of(data, Predictions(torch.cat(maps), torch.cat(scores)))
-                           | {"K": detector.n_centroids})
+            predictions = Predictions.of_batches(detector.maps_and_scores(detector.fused(*terms), data.image_size)
+                                                 for terms in zip(gauss[detector.test_neighbourhood], distances))
+            results.append(metrics_of(data, predictions) | {"K": detector.n_centroids})
     return results

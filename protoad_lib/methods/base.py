@@ -23,6 +23,12 @@ class Predictions:
     maps: torch.Tensor
     scores: torch.Tensor
 
+    @classmethod
+    def of_batches(cls, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> "Predictions":
+        """Join (maps, scores) batches in order, each moved to the CPU."""
+        maps, scores = zip(*((batch_maps.cpu(), batch_scores.cpu()) for batch_maps, batch_scores in batches))
+        return cls(torch.cat(maps), torch.cat(scores))
+
 
 def split_layers(features: torch.Tensor, channels: list[int], strides: list[int]) -> list[torch.Tensor]:
     """Recover each layer's own map from a stride-4 combined embedding (the inverse of `combine_layers`)."""
@@ -152,21 +158,17 @@ class AnomalyDetector(nn.Module, ABC):
                 progress: bool = True) -> Predictions:
         """Anomaly maps and image scores for every image of a dataset."""
         self.to(device).eval()
-        maps, scores = [], []
-        for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: predict", enabled=progress):
-            batch_maps, batch_scores = self(batch["image"].to(device))
-            maps.append(batch_maps.cpu())
-            scores.append(batch_scores.cpu())
-        return Predictions(torch.cat(maps), torch.cat(scores))
+        return Predictions.of_batches(
+            self(batch["image"].to(device))
+            for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: predict", enabled=progress)
+        )
 
     @torch.inference_mode()
     def predict_embeddings(self, embeddings: torch.Tensor, image_size: tuple[int, int],
                            batch_size: int = 16) -> Predictions:
         """Maps and scores from cached stride-4 embeddings, skipping the backbone."""
-        maps, scores = [], []
-        for start in range(0, len(embeddings), batch_size):
-            patch_scores = self.patch_scores(self.features_from_embedding(embeddings[start : start + batch_size]))
-            batch_maps, batch_scores = self.maps_and_scores(patch_scores, image_size)
-            maps.append(batch_maps)
-            scores.append(batch_scores)
-        return Predictions(torch.cat(maps), torch.cat(scores))
+        return Predictions.of_batches(
+            self.maps_and_scores(self.patch_scores(self.features_from_embedding(embeddings[start : start + batch_size])),
+                                 image_size)
+            for start in range(0, len(embeddings), batch_size)
+        )
