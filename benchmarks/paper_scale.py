@@ -20,7 +20,8 @@ The projection to the whole paper run on a CPU is an estimate, not a measurement
 categories (`PAPER_CATEGORY_SIZES`); those ablations once, scaled to the first category (MVTec AD's bottle;
 N-pad by its images, PRN by its training images, as its training dominates);
 PRN's missing epochs at the measured time per training image (notebook 05: every category; notebook 07:
-its first category).
+its first category). Work an interrupted attempt did and the finished attempt redid (`lost_s`, see
+`lost_seconds`) is left out.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_notebook(number: str, data: Path, results: Path, backbone: str, prn_epoc
                "--notebooks", number, "--results-dir", str(results), "--param", "categories=hazelnut",
                "--param", f"backbone={backbone}", "--param", f"data_root={data}",
                "--param", f"prn_epochs={prn_epochs}"]
-    start = time.perf_counter()
+    started_unix, start = round(time.time()), time.perf_counter()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
         try:
@@ -94,7 +95,25 @@ def run_notebook(number: str, data: Path, results: Path, backbone: str, prn_epoc
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     earlier = sum(row["seconds"] for row in interrupted if row["notebook"] == number)
     return {"notebook": number, "seconds": round(seconds + earlier, 1), "peak_rss_gib": round(peak_kb / 2**20, 2)} \
-        | ({"interrupted_s": round(earlier, 1)} if earlier else {})
+        | ({"interrupted_s": round(earlier, 1), "started_unix": started_unix} if earlier else {})
+
+
+def lost_seconds(row: dict, results: Path) -> float:
+    """Seconds of a resumed notebook's interrupted attempts that it redid (`interrupted_s` less what they stored
+    and the finished attempt read back). Only notebook 07 records what its stored units took (its
+    ablations' seconds); for the others every interrupted second counts as lost, an upper bound."""
+    interrupted = row.get("interrupted_s", 0.0)
+    if not interrupted or row["notebook"] != "07":
+        return interrupted
+    stored = list((results / "paper" / "cache" / "ablations").glob("*.pt"))
+    if not stored:
+        return interrupted
+    digest = max(stored, key=lambda path: path.stat().st_mtime).stem.rsplit("__", 1)[1]  # the finished attempt's settings
+    read_back = {tuple(path.stem.split("__")[:2]) for path in stored
+                 if path.stem.endswith(f"__{digest}") and path.stat().st_mtime < row["started_unix"]}
+    table = pd.read_csv(results / "paper" / "07_ablation_seconds.csv")
+    reused = sum(float(item.seconds) for item in table.itertuples() if (item.category, item.ablation) in read_back)
+    return round(max(interrupted - reused, 0.0), 1)
 
 
 def stop(process: subprocess.Popen, grace_s: float = 120.0) -> None:
@@ -144,7 +163,7 @@ def first_category_seconds(results: Path) -> dict[str, float]:
 def projection(rows: list[dict], prn: dict, once: dict[str, float], prn_epochs: int, n_images: int) -> dict:
     """The whole paper run on a CPU, in hours, from one category's measurements (see the module docstring);
     `once`: notebook 07's first-category-only ablations, in seconds."""
-    seconds = {row["notebook"]: row["seconds"] for row in rows}
+    seconds = {row["notebook"]: row["seconds"] - row.get("lost_s", 0.0) for row in rows}
     full = SCHEDULES["cpu"]["epochs"]
     per_train_image = prn["epoch_s"] / prn["n_train"]
     # not per image: PRN's one-epoch fit in 05 (projected below with its full schedule), 07's first-category-only ablations
@@ -201,6 +220,9 @@ def main() -> None:
             result["notebooks"].append(row)
             record()
         result["prn_one_epoch"] = prn_epoch_seconds(data, args.backbone)
+        for row in result["notebooks"]:
+            if row.get("interrupted_s"):
+                row["lost_s"] = lost_seconds(row, folder / "results")
         result["total_s"] = round(sum(row["seconds"] for row in result["notebooks"]), 1)
         result["projected_paper_run_cpu"] = projection(result["notebooks"], result["prn_one_epoch"],
                                                        first_category_seconds(folder / "results"), args.prn_epochs,

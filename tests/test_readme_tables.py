@@ -34,6 +34,14 @@ def test_a_partial_run_has_no_total_and_no_projection(tmp_path):
     assert "all seven" not in table and "Projected" not in table
 
 
+def test_a_resumed_notebook_states_the_work_it_redid(tmp_path):
+    path = tmp_path / "paper_scale.json"
+    path.write_text(json.dumps({"notebooks": [{"notebook": "07", "seconds": 7260.0, "peak_rss_gib": 20.1,
+                                               "interrupted_s": 782.6, "lost_s": 401.3}]}))
+    assert ("| 07 ablations | 7,260 s (121 min), of which 783 s before an interruption (401 s of it redone after "
+            "resuming, left out of the projection) | 20.1 GiB |") in paper_scale_markdown(path)
+
+
 def test_a_block_is_replaced_between_its_own_markers_only():
     readme = ("a\n<!-- results-table:start -->\nold results\n<!-- results-table:end -->\n"
               "b\n<!-- paper-scale:start -->\nold cost\n<!-- paper-scale:end -->\nc\n")

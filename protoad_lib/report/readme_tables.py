@@ -61,6 +61,8 @@ def paper_scale_markdown(result_json: Path) -> str:
     for row in result["notebooks"]:
         paused = f", plus {row['paused_s']:,.0f} s paused, not counted" if row.get("paused_s") else ""
         resumed = f", of which {row['interrupted_s']:,.0f} s before an interruption" if row.get("interrupted_s") else ""
+        if row.get("lost_s") is not None:
+            resumed += f" ({row['lost_s']:,.0f} s of it redone after resuming, left out of the projection)"
         lines.append(f"| {NOTEBOOK_TITLES[row['notebook']]} | {_duration(row['seconds'])}{paused}{resumed} | "
                      f"{row['peak_rss_gib']:.1f} GiB |")
     if "total_s" in result:
