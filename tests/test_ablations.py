@@ -215,3 +215,24 @@ def test_npad_ablation_shares_its_gaussians_and_matches_fitting_each_setting_alo
         alone = fit_and_score(make_detector("npad", backbone, **{**get_method("npad").options, **changed}), data)
         for metric in ("image_auroc", "pixel_auroc", "aupro"):
             assert getattr(row, metric) == pytest.approx(alone.metrics[metric], abs=1e-6), (option, value, metric)
+
+
+def test_npad_ablation_holds_one_group_of_fitted_gaussians_at_a_time(backbone, data, monkeypatch):
+    import gc
+    import weakref
+
+    from protoad_lib.experiments import npad_ablations
+
+    fit_together, fitted = npad_ablations.fit_and_score_together, []
+
+    def recording(category_data, detectors):
+        gc.collect()
+        alive = [reference() for reference in fitted if reference() is not None]
+        assert alive == [], "an earlier group's Gaussians are still held"
+        results = fit_together(category_data, detectors)
+        fitted.extend(weakref.ref(detector.gaussian.cov_inv) for detector in detectors)
+        return results
+
+    monkeypatch.setattr(npad_ablations, "fit_and_score_together", recording)
+    table = npad_ablations.npad_ablation(backbone, data, (("radius", (0, 1)), ("n_centroids", (0, 16))))
+    assert len(table) == 4 and len(fitted) == 4  # radius 0; radius 1 with the default 64, 0 and 16 centroids

@@ -32,24 +32,28 @@ def npad_ablation(backbone: Backbone, data: CategoryData,
     Columns as the other ablations (`ablation` = `npad_<option>`, `setting`, `category`, `K` = centroids,
     the metrics), plus `value` and `default` (the registry's value). Each distinct setting is fitted once
     (the default is reused in every sweep), and settings with the same Gaussians (all but the radius
-    sweep's) share them: `fit_and_score_together`."""
+    sweep's) share them: `fit_and_score_together`, one group of settings at a time (a fitted group's
+    Gaussians, h * w * d^2 floats, are released before the next group is fitted)."""
     defaults = make_detector("npad", backbone).options()
-    labelled = []
+
+    def detector(changed: dict) -> NPad:
+        return make_detector("npad", backbone, **{**get_method("npad").options, **changed})
+
+    labelled = []  # (option, changed options, detector's options); no detector kept: a fitted one holds its Gaussians
+    groups: dict[tuple, dict[tuple, dict]] = {}  # Gaussians' options -> distinct settings -> changed options
     for option, values in sweeps:
         for value in values:
             changed = value if isinstance(value, dict) else {option: value}
-            labelled.append((option, changed, make_detector("npad", backbone, **{**get_method("npad").options,
-                                                                                   **changed})))
-    groups: dict[tuple, dict[tuple, NPad]] = {}  # Gaussians' options -> distinct settings -> detector
-    for _, _, detector in labelled:
-        groups.setdefault(options_key(detector.gaussian_options()), {}).setdefault(options_key(detector.options()),
-                                                                                 detector)
+            unfitted = detector(changed)
+            key = options_key(unfitted.options())
+            labelled.append((option, changed, key))
+            groups.setdefault(options_key(unfitted.gaussian_options()), {}).setdefault(key, changed)
     scored: dict[tuple, dict] = {}
-    for members in groups.values():
-        scored |= dict(zip(members, fit_and_score_together(data, list(members.values()))))
+    for members in groups.values():  # one group's Gaussians in memory at a time
+        scored |= dict(zip(members, fit_and_score_together(data, [detector(changed) for changed in members.values()])))
     rows = []
-    for option, changed, detector in labelled:
-        result = scored[options_key(detector.options())]
+    for option, changed, key in labelled:
+        result = scored[key]
         label = ", ".join(f"{name} = {setting}" for name, setting in changed.items())
         rows.append({"ablation": f"npad_{option}", "setting": label, "category": data.name,
                      "value": str(changed[option]), "default": all(defaults[k] == v for k, v in changed.items()),
