@@ -153,6 +153,8 @@ def test_prn_ablation_follows_the_device_and_trains_once_per_paper_run():
     assert (gpu.prn_epochs, gpu.prn_schedule) == ((233, 700), "full")
     short = ablations.ablation_plan(replace(get_profile("paper"), prn_epochs=3), "cuda")
     assert short.prn_epochs == (1, 3) and short.prn_schedule == "full"
+    one = ablations.ablation_plan(replace(get_profile("paper"), prn_epochs=1))
+    assert one.prn_epochs == (1,) and one.prn_seen == (10,)  # one training length, not the same one twice
 
 
 def test_the_paper_profile_runs_the_npad_and_prn_ablations_on_its_first_category_only():
@@ -236,3 +238,12 @@ def test_npad_ablation_holds_one_group_of_fitted_gaussians_at_a_time(backbone, d
     monkeypatch.setattr(npad_ablations, "fit_and_score_together", recording)
     table = npad_ablations.npad_ablation(backbone, data, (("radius", (0, 1)), ("n_centroids", (0, 16))))
     assert len(table) == 4 and len(fitted) == 4  # radius 0; radius 1 with the default 64, 0 and 16 centroids
+
+
+def test_a_categorical_ablation_plot_places_each_row_at_its_setting_even_when_a_setting_repeats():
+    table = pd.DataFrame({"ablation": "prn", "category": "bottle", "setting": ["15 epochs", "5 epochs", "15 epochs"],
+                          "image_auroc": [0.9, 0.8, 0.7], "pixel_auroc": 0.9, "aupro": 0.8})
+    figure = ablation_views.ablation_plot(table, title="PRN", xlabel="training setting")
+    line = figure.axes[0].lines[0]
+    assert list(line.get_xdata()) == [0, 0, 1] and list(line.get_ydata()) == [0.9, 0.7, 0.8]
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["15 epochs", "5 epochs"]

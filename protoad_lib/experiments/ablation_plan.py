@@ -48,8 +48,8 @@ def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
     features at other image sizes for one category only.
 
     PRN trains with the schedule of `device` (`prn.schedule_for`: "full" on CUDA, "cpu" elsewhere) for a
-    third of its epochs, all of them, and all of them with a few seen anomalies (`Profile.prn_epochs`
-    replaces the schedule's length). The paper profile runs PRN's and N-pad's ablations on the first category
+    third of its epochs, all of them (once when that is the same length), and all of them with a few seen
+    anomalies (`Profile.prn_epochs` replaces the schedule's length). The paper profile runs PRN's and N-pad's ablations on the first category
     only: three trainings, or ten N-pad fits of about 12 minutes each with WRN50 on 2 cores, would add hours per
     category on a CPU (see README, "Paper-scale cost").
 
@@ -71,6 +71,6 @@ def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
                         image_size_categories=1 if demo else None,
-                        prn_epochs=(max(1, epochs // 3), epochs), prn_seen=(2,) if demo else (10,),
+                        prn_epochs=tuple(sorted({max(1, epochs // 3), epochs})), prn_seen=(2,) if demo else (10,),
                         prn_schedule=schedule_for(device), prn_categories=None if demo else 1,
                         npad_categories=None if demo else 1)

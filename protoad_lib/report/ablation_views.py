@@ -54,8 +54,9 @@ def ablation_plot(table: pd.DataFrame, x: str = "setting", title: str | None = N
                 group = group.sort_values(x)
                 xs = group[x].to_numpy(dtype=float)
             else:
-                group = group.set_index(x).reindex(order).reset_index()
-                xs = np.arange(len(order))
+                positions = group[x].map({setting: index for index, setting in enumerate(order)})
+                group = group.assign(position=positions).sort_values("position", kind="stable")
+                xs = group["position"].to_numpy()
             ax.plot(xs, group[metric].to_numpy(dtype=float), marker="o", label=str(category))
             if "default" in group:
                 chosen = group["default"].fillna(False).astype(bool).to_numpy()
