@@ -49,9 +49,9 @@ def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
 
     PRN trains with the schedule of `device` (`prn.schedule_for`: "full" on CUDA, "cpu" elsewhere) for a
     third of its epochs, all of them (once when that is the same length), and all of them with a few seen
-    anomalies (`Profile.prn_epochs` replaces the schedule's length). The paper profile runs PRN's and N-pad's ablations on the first category
-    only: three trainings, or ten N-pad fits of about 12 minutes each with WRN50 on 2 cores, would add hours per
-    category on a CPU (see README, "Paper-scale cost").
+    anomalies (`Profile.prn_epochs` replaces the schedule's length). The paper profile runs PRN's and
+    N-pad's ablations on the first category only: three trainings, or ten N-pad settings (24 minutes with
+    WRN50 on 2 cores), would add hours per category on a CPU (see README, "Paper-scale cost").
 
     Coreset *subsampling* is left out of both plans (pass it in `strategies` to run it): the greedy
     selection runs on the CPU in `clustering.subsample_indices` and costs one pass over all training
