@@ -111,7 +111,7 @@ def lost_seconds(row: dict, results: Path) -> float:
     digest = max(stored, key=lambda path: path.stat().st_mtime).stem.rsplit("__", 1)[1]  # the finished attempt's settings
     read_back = {tuple(path.stem.split("__")[:2]) for path in stored
                  if path.stem.endswith(f"__{digest}") and path.stat().st_mtime < row["started_unix"]}
-    table = pd.read_csv(results / "paper" / "07_ablation_seconds.csv")
+    table = ablation_seconds(results)
     reused = sum(float(item.seconds) for item in table.itertuples() if (item.category, item.ablation) in read_back)
     return round(max(interrupted - reused, 0.0), 1)
 
@@ -149,15 +149,20 @@ def ablation_epochs(prn_epochs: int | None) -> int:
     return sum(plan.prn_epochs) + plan.prn_epochs[-1] * len([n for n in plan.prn_seen if n])
 
 
-def first_category_seconds(results: Path) -> dict[str, float]:
-    """Seconds of notebook 07's ablations that the paper profile runs on its first category only."""
-    plan = ablation_plan(get_profile("paper"))
+def ablation_seconds(results: Path) -> pd.DataFrame:
+    """Notebook 07's `07_ablation_seconds.csv` (category, ablation, seconds)."""
     path = results / "paper" / "07_ablation_seconds.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: notebook 07 ran with a library that did not record its "
                                 "ablations' seconds; remove its row from the --json file and rerun to redo it")
-    table = pd.read_csv(path)
-    return {row.ablation: float(row.seconds) for row in table.itertuples() if not plan.ablates(row.ablation, 1)}
+    return pd.read_csv(path)
+
+
+def first_category_seconds(results: Path) -> dict[str, float]:
+    """Seconds of notebook 07's ablations that the paper profile runs on its first category only."""
+    plan = ablation_plan(get_profile("paper"))
+    return {row.ablation: float(row.seconds) for row in ablation_seconds(results).itertuples()
+            if not plan.ablates(row.ablation, 1)}
 
 
 def projection(rows: list[dict], prn: dict, once: dict[str, float], prn_epochs: int, n_images: int) -> dict:
