@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from http.client import HTTPException
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,19 +119,31 @@ def hub_checkpoint_dir() -> Path:
 
 
 def resolve_torchvision_weights(arch: str) -> Path:
-    """Find an architecture's ImageNet weights on disk, downloading them when possible."""
+    """Find an architecture's ImageNet weights on disk, downloading them when possible.
+
+    The download (with a progress bar) goes to a temporary file beside the target and is checked against the
+    SHA-256 prefix in torchvision's file name before it is renamed into place, so a damaged or substituted
+    file never lands; the hub's `checkpoints/` folder is created first, as a fresh machine has none.
+    """
     url = TORCHVISION_WEIGHTS[arch]
     target = hub_checkpoint_dir() / Path(url).name
     if target.is_file():
         return target
-    if os.environ.get("PROTOAD_OFFLINE") != "1":
-        try:
-            torch.hub.download_url_to_file(url, str(target), hash_prefix=target.stem.split("-")[-1])
-            return target
-        except Exception as error:  # noqa: BLE001 - any network failure means "not available"
-            reason = f"download failed ({error.__class__.__name__}: {error})"
-    else:
+    if os.environ.get("PROTOAD_OFFLINE") == "1":
         reason = "PROTOAD_OFFLINE=1"
+    else:
+        expected = target.stem.split("-")[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(target), hash_prefix=expected)
+            return target
+        except RuntimeError as error:
+            if "invalid hash value" not in str(error):
+                raise
+            reason = (f"the downloaded file's SHA-256 does not start with {expected} as published ({error}); "
+                      "it was damaged or substituted on the way and was not kept")
+        except (OSError, HTTPException) as error:
+            reason = f"download failed ({error.__class__.__name__}: {error})"
     raise WeightsUnavailableError(
         f"ImageNet weights for {arch} are not on disk and could not be fetched: {reason}.\n"
         f"Put the file {Path(url).name} (from {url}) at {target}, "

@@ -1,4 +1,11 @@
-"""Backbone registry: offline weights, explicit random weights, clear errors."""
+"""Backbone registry: offline weights, downloads checked against their hash, explicit random weights, clear errors."""
+
+import functools
+import hashlib
+import http.server
+import io
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +83,57 @@ def test_random_weights_are_the_same_network_whatever_the_random_state():
     second = load_backbone("resnet18", weights="random")
     assert first.weights_digest() == second.weights_digest()
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A local HTTP server for files in `tmp_path / "served"` (no internet is needed to test the download)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _serve(monkeypatch, tmp_path, weights_server, payload: bytes | None, name: str) -> Path:
+    """Point resnet18's weights at `name` on the local server (serving `payload`; None: nothing, a 404) and
+    torch hub at a fresh folder with no `checkpoints/` yet; returns where the weights should land."""
+    served, address = weights_server
+    if payload is not None:
+        (served / name).write_bytes(payload)
+    hub = tmp_path / "fresh_torch_home" / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.delenv("PROTOAD_OFFLINE", raising=False)
+    monkeypatch.setitem(backbones.TORCHVISION_WEIGHTS, "resnet18", f"{address}/{name}")
+    return hub / "checkpoints" / name
+
+
+def test_torchvision_weights_download_into_a_fresh_hub_folder_and_load(tmp_path, monkeypatch, weights_server):
+    reference = load_backbone("resnet18", weights="random")
+    buffer = io.BytesIO()
+    torch.save(_resnet18_state(reference), buffer)
+    payload = buffer.getvalue()
+    name = f"resnet18-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    target = _serve(monkeypatch, tmp_path, weights_server, payload, name)
+    loaded = load_backbone("resnet18")
+    assert target.read_bytes() == payload
+    torch.testing.assert_close(loaded.body.stem[0].weight, reference.body.stem[0].weight)
+
+
+def test_a_download_with_the_wrong_hash_is_refused_and_not_kept(tmp_path, monkeypatch, weights_server):
+    target = _serve(monkeypatch, tmp_path, weights_server, b"not a checkpoint", "resnet18-f37072fd.pth")
+    with pytest.raises(WeightsUnavailableError, match="SHA-256 does not start with f37072fd"):
+        load_backbone("resnet18")
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_missing_download_names_the_failure_and_the_file(tmp_path, monkeypatch, weights_server):
+    target = _serve(monkeypatch, tmp_path, weights_server, None, "resnet18-f37072fd.pth")
+    with pytest.raises(WeightsUnavailableError, match="download failed .*HTTPError.*404") as error:
+        load_backbone("resnet18")
+    assert "resnet18-f37072fd.pth" in str(error.value) and str(target.parent) in str(error.value)
