@@ -207,13 +207,23 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
+def _literal_help(text: str) -> str:
+    """Help text taken from data (e.g. a registry summary saying "10 % greedy") with `%` escaped: argparse
+    reads every help string as a %-format, so an unescaped `%` crashes `--help`."""
+    return text.replace("%", "%%")
+
+
+def _method_help() -> str:
+    """`--method`'s help: every method of the evaluation tables with its registry summary."""
+    return _literal_help("; ".join(f"{name}: {REGISTRY[name].summary}" for name in method_names()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protoad", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="fit a method on good images and write a checkpoint")
-    fit.add_argument("--method", choices=method_names(), default="protoad",
-                     help="; ".join(f"{name}: {REGISTRY[name].summary}" for name in method_names()))
+    fit.add_argument("--method", choices=method_names(), default="protoad", help=_method_help())
     fit.add_argument("--data-root", help="folder holding <category>/train/... (MVTec AD or BTAD layout)")
     fit.add_argument("--category")
     fit.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
@@ -253,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", required=True)
     evaluate.add_argument("--category", required=True)
     evaluate.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
-    evaluate.add_argument("--method", choices=method_names(), default="protoad",
-                          help="; ".join(f"{name}: {REGISTRY[name].summary}" for name in method_names()))
+    evaluate.add_argument("--method", choices=method_names(), default="protoad", help=_method_help())
     evaluate.add_argument("--backbone", default="efficientnet_lite0")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--resize", type=int, default=256, help="resize side before the centre crop (paper: 256)")

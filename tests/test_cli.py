@@ -1,12 +1,13 @@
 """`protoad fit | predict | evaluate` end to end on the synthetic mini benchmark."""
 
+import argparse
 import csv
 import json
 
 import pytest
 from PIL import Image
 
-from protoad_lib.cli import main
+from protoad_lib.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +81,23 @@ def test_evaluate_prn_with_seen_anomalies_lists_them_and_scores_without_them(ben
     assert metrics["seen_anomalies"].endswith(".png") and "/good/" not in metrics["seen_anomalies"]
     assert main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "padim",
                  "--seen-anomalies", "1"]) == 2
+
+
+def _subcommands() -> list[str]:
+    """Every subcommand the parser defines, read from the parser itself (new ones are tested too)."""
+    actions = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return [name for action in actions for name in action.choices]
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in _subcommands()], ids=" ".join)
+def test_every_help_prints_usage_and_exits_0(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: protoad")
+
+
+def test_method_help_keeps_a_percent_sign_of_a_summary(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "10 % greedy coreset" in " ".join(capsys.readouterr().out.split())
