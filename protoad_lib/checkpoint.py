@@ -47,7 +47,11 @@ def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int,
 
 
 def content_digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the metadata text and every tensor's name, dtype, shape and bytes (in name order)."""
+    """SHA-256 over the metadata text and every tensor's name, dtype, shape and bytes (in name order).
+
+    It catches damage (a flipped bit, a truncated copy, a tensor or metadata changed by accident), not a
+    deliberate edit: anyone who changes the file can store the new digest beside it. A checkpoint that
+    names another method is still refused by `load_detector`; other edited values are not detected."""
     digest = hashlib.sha256(metadata_json.encode())
     for name in sorted(tensors):
         values = tensors[name].detach().cpu().contiguous()
@@ -70,7 +74,8 @@ def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int =
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The metadata and tensors of a checkpoint file, verified against the digest stored in it; clear errors
-    for a missing, foreign, damaged or too new file."""
+    for a missing, foreign, damaged or too new file (the digest is a check for damage, not a signature:
+    see `content_digest`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
@@ -100,7 +105,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_detector(path: str | Path, backbone: Backbone | None = None) -> tuple[AnomalyDetector, dict]:
-    """Rebuild a detector from a checkpoint; a given backbone must match the one it was fitted with."""
+    """Rebuild a detector from a checkpoint; a given backbone must match the one it was fitted with, and the
+    config and tensors must be those of the method the metadata names (an edited label is refused)."""
     metadata, tensors = read_checkpoint(path)
     if backbone is None:
         backbone = load_backbone(metadata["backbone"], weights=metadata["weights"], layers=metadata["layers"])
@@ -112,7 +118,15 @@ def load_detector(path: str | Path, backbone: Backbone | None = None) -> tuple[A
     detector_class = checkpoint_class(metadata["method"])
     if detector_class is None:
         raise CheckpointError(f"Checkpoint {path} holds an unknown method {metadata['method']!r}.")
-    return detector_class.from_state(backbone, metadata["config"], tensors).eval(), metadata
+    try:
+        detector = detector_class.from_state(backbone, metadata["config"], tensors)
+    except (TypeError, KeyError, ValueError, RuntimeError) as error:  # a config or tensor another method wrote
+        raise CheckpointError(
+            f"Checkpoint {path} is labelled {metadata['method']!r}, but its config or tensors are not that "
+            f"method's ({type(error).__name__}: {error}): was its metadata edited? Restore the original or fit "
+            "it again."
+        ) from error
+    return detector.eval(), metadata
 
 
 def export_torchscript(detector: AnomalyDetector, path: str | Path, image_size: int = 224) -> Path:

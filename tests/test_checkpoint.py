@@ -1,13 +1,19 @@
-"""Checkpoints round-trip, refuse a mismatched backbone, and export to TorchScript and ONNX faithfully."""
+"""Checkpoints round-trip, refuse a mismatched backbone or an edited method, and export to TorchScript and ONNX
+faithfully."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import (
-    CheckpointError, export_onnx, export_torchscript, load_detector, read_checkpoint, save_detector,
+    DIGEST_KEY, CheckpointError, content_digest, export_onnx, export_torchscript, load_detector, read_checkpoint,
+    save_detector,
 )
+from protoad_lib.methods import REGISTRY
 from protoad_lib.methods.protoad import ProtoAD, ProtoADConfig
 
 
@@ -37,6 +43,17 @@ def test_loading_with_another_backbone_is_refused(fitted, tmp_path):
     path = save_detector(model, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="efficientnet_lite0"):
         load_detector(path, backbone=load_backbone("resnet18", weights="random"))
+
+
+@pytest.mark.parametrize("method", [name for name, spec in REGISTRY.items() if spec.detector is not ProtoAD])
+def test_a_checkpoint_relabelled_as_another_method_is_refused(fitted, tmp_path, method):
+    model, _ = fitted
+    metadata, tensors = read_checkpoint(save_detector(model, tmp_path / "model.safetensors", image_size=64))
+    text = json.dumps(metadata | {"method": method})  # a deliberate edit: the digest is stored anew beside it
+    relabelled = tmp_path / "relabelled.safetensors"
+    save_file(tensors, str(relabelled), metadata={"protoad": text, DIGEST_KEY: content_digest(text, tensors)})
+    with pytest.raises(CheckpointError, match=f"labelled '{method}'.*metadata edited"):
+        load_detector(relabelled, backbone=model.backbone)
 
 
 def test_foreign_or_missing_files_give_clear_errors(tmp_path):
