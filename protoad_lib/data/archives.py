@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lzma
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -19,25 +20,52 @@ SPLITS = ("train", "test", "ground_truth")
 GOOD_DIRS: dict[str, str] = {"mvtec": "good", "btad": "ok"}
 
 
-def _check_member(archive: Path, name: str) -> None:
+def _check_member(archive: Path, target: Path, name: str, special: str | None) -> None:
+    """Refuse a member that is not a plain file or folder (``special`` names what it is instead),
+    or whose path could land outside ``target`` (resolved).
+
+    Links are refused outright, not resolved: a chain of symlinks plus a hard link got past
+    tarfile's own ``filter="data"`` on Python 3.11.7 (CVE-2025-4517), and the datasets need
+    only files and folders. Without links no member can be written through one; the
+    resolved-path check is the second line of defence.
+    """
     path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts:
-        raise UnsafeArchiveError(
-            f"{archive}: refusing to extract member {name!r} (absolute path or '..' "
-            "would write outside the output folder)"
-        )
+    if special is not None:
+        reason = f"a {special}: only files and folders are extracted, a link could lead outside"
+    elif path.is_absolute() or ".." in path.parts:
+        reason = "absolute path or '..' would write outside the output folder"
+    elif not (target / path).resolve().is_relative_to(target):
+        reason = "its resolved path is outside the output folder"
+    else:
+        return
+    raise UnsafeArchiveError(
+        f"{archive}: refusing to extract member {name!r} ({reason}); this is not a safe copy "
+        "of the dataset: delete it and download the official archive again"
+    )
+
+
+def _zip_special(info: zipfile.ZipInfo) -> str | None:
+    return "symbolic link" if stat.S_ISLNK(info.external_attr >> 16) else None
+
+
+def _tar_special(member: tarfile.TarInfo) -> str | None:
+    if member.isfile() or member.isdir():
+        return None
+    return {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link"}.get(member.type, "device or fifo")
 
 
 def _extract_into(archive: Path, target: Path) -> None:
+    """Unpack member by member, each checked by :func:`_check_member` before it is written."""
+    target = target.resolve()
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zipped:
-            for name in zipped.namelist():
-                _check_member(archive, name)
+            for info in zipped.infolist():
+                _check_member(archive, target, info.filename, _zip_special(info))
             zipped.extractall(target)
     elif archive.name.endswith((".tar.xz", ".tar.gz", ".tgz", ".tar")):
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
-                _check_member(archive, member.name)
+                _check_member(archive, target, member.name, _tar_special(member))
                 tar.extract(member, target, filter="data")
     else:
         raise ValueError(

@@ -1,0 +1,119 @@
+"""Data and stored results never run code or write outside their folder (issue 24's security part)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from protoad_lib.data import archives
+from protoad_lib.data import download as dl
+from protoad_lib.data import errors
+
+STEPS = "abcdefghijklmnop"
+
+
+def _add(tar: tarfile.TarFile, name: str, content: bytes | None = None, **fields: object) -> None:
+    info = tarfile.TarInfo(name)
+    for field, value in fields.items():
+        setattr(info, field, value)
+    if content is not None:
+        info.size = len(content)
+    tar.addfile(info, None if content is None else io.BytesIO(content))
+
+
+def write_realpath_limit_tar(path: Path, out_dir: Path, victim: str, mode: str = "w") -> None:
+    """The CVE-2025-4517 archive: a chain of symlinks whose expansion overflows PATH_MAX, so tarfile's
+    ``filter="data"`` stops resolving them, then a symlink ``escape`` to the output folder's parent, a hard
+    link to ``escape/<victim>`` and a file of the link's name that overwrites the victim through it.
+
+    The components are sized for the staging folder ``extract_archive`` unpacks into
+    (``.<name>.<8 random characters>.partial`` beside ``out_dir``).
+    """
+    staging = len(str(out_dir.parent)) + len(f"/.{out_dir.name}.") + 8 + len(".partial")
+    component = "d" * ((os.pathconf(out_dir.parent, "PC_PATH_MAX") - staging - 1) // (len(STEPS) + 1))
+    with tarfile.open(path, mode) as tar:
+        prefix = ""
+        for step in STEPS:
+            _add(tar, os.path.join(prefix, component), type=tarfile.DIRTYPE, mode=0o777)
+            _add(tar, os.path.join(prefix, step), type=tarfile.SYMTYPE, linkname=component)
+            prefix = os.path.join(prefix, component)
+        too_long = os.path.join(*STEPS, "l" * 254)
+        _add(tar, too_long, type=tarfile.SYMTYPE, linkname=os.path.join(*[".."] * len(STEPS)))
+        _add(tar, "escape", type=tarfile.SYMTYPE, linkname=os.path.join(too_long, ".."))
+        _add(tar, "flaglink", type=tarfile.LNKTYPE, linkname=f"escape/{victim}")
+        _add(tar, "flaglink", content=b"overwritten")
+        _add(tar, "escape/newfile", content=b"new")
+
+
+def test_symlink_chain_and_hard_link_cannot_overwrite_a_file_outside(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    victim = data_dir / "victim.txt"
+    victim.write_text("original")
+    archive = tmp_path / "crafted.tar"
+    write_realpath_limit_tar(archive, data_dir / "mvtec", victim.name)
+
+    with pytest.raises(errors.UnsafeArchiveError, match=r"member 'a' \(a symbolic link") as excinfo:
+        archives.extract_archive(archive, data_dir / "mvtec")
+
+    assert str(archive) in str(excinfo.value) and "delete it" in str(excinfo.value)
+    assert victim.read_text() == "original"
+    assert sorted(p.name for p in data_dir.iterdir()) == ["victim.txt"]
+
+
+def test_hand_written_verified_record_does_not_stand_for_the_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crafted archive under the official name with a ``.verified.json`` claiming the published digest
+    (and copying the file's size and time) is hashed, refused and never extracted."""
+    monkeypatch.delenv("MVTEC_AD_ROOT", raising=False)
+    spec = dl.ARCHIVES["mvtec"]
+    monkeypatch.setitem(dl.ARCHIVES, "mvtec", dataclasses.replace(spec, url="http://127.0.0.1:9/unreachable"))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    victim = data_dir / "victim.txt"
+    victim.write_text("original")
+    archive = data_dir / spec.filename
+    write_realpath_limit_tar(archive, data_dir / "mvtec", victim.name, mode="w:xz")
+    status = archive.stat()
+    record = {"sha256": spec.sha256, "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    (data_dir / f"{spec.filename}.verified.json").write_text(json.dumps(record))
+
+    with pytest.raises(dl.ChecksumError, match=f"expected {spec.sha256}"):
+        dl.resolve_dataset_root("mvtec", None, False, data_dir)
+
+    assert victim.read_text() == "original"
+    assert not (data_dir / "mvtec").exists() and not (data_dir / "newfile").exists()
+
+
+@pytest.mark.parametrize(("kind", "target"), [(tarfile.SYMTYPE, "bottle/train"), (tarfile.LNKTYPE, "bottle/a.png")])
+def test_every_link_member_is_refused_even_inside_the_target(tmp_path: Path, kind: bytes, target: str) -> None:
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        _add(tar, "bottle/a.png", content=b"png")
+        _add(tar, "bottle/link", type=kind, linkname=target)
+
+    with pytest.raises(errors.UnsafeArchiveError, match="'bottle/link'.*link"):
+        archives.extract_archive(archive, tmp_path / "mvtec")
+    assert not (tmp_path / "mvtec").exists()
+
+
+def test_symlink_member_of_a_zip_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "btad.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("01/train/ok/000.png", b"png")
+        link = zipfile.ZipInfo("01/escape")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zipped.writestr(link, "../../..")
+
+    with pytest.raises(errors.UnsafeArchiveError, match="'01/escape'.*symbolic link"):
+        archives.extract_archive(archive, tmp_path / "btad")
+    assert not (tmp_path / "btad").exists()
