@@ -122,20 +122,37 @@ def command_predict(args: argparse.Namespace) -> None:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
 
 
+def _check_test_split(args: argparse.Namespace) -> None:
+    """Image and pixel AUROC rank anomalous images above good ones, so a scored test set without both classes
+    has no metrics: say so before the embedding and fit (minutes), not after them. Only lists files."""
+    from .data import AnomalyDataset, count_samples
+
+    test = AnomalyDataset(args.data_root, args.category, "test", layout=args.layout)
+    counts = count_samples(test)
+    if counts["good"] and counts["anomalous"] > args.seen_anomalies:
+        return
+    seen = f" ({args.seen_anomalies} of them trained on by --seen-anomalies, so not scored)" \
+        if args.seen_anomalies else ""
+    raise CliError(f"{test.category_dir / 'test'} holds {counts['good']} good and {counts['anomalous']} anomalous "
+                   f"images{seen}; AUROC needs both classes in the scored test set: add the missing one "
+                   "(anomalous images with their masks in ground_truth/).")
+
+
 def command_evaluate(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .data import DatasetError
     from .evaluation import evaluate_on_category, load_category
     from .methods import make_detector
 
-    backbone = load_backbone(args.backbone)
+    if args.seen_anomalies and args.method != "prn":
+        raise CliError("--seen-anomalies is for trained methods (--method prn)")
     try:
+        _check_test_split(args)
+        backbone = load_backbone(args.backbone)
         data = load_category(backbone, args.data_root, args.category, layout=args.layout, resize=args.resize,
                              image_size=args.image_size, batch_size=args.batch_size, device=args.device)
     except DatasetError as error:
         raise CliError(str(error)) from error
-    if args.seen_anomalies and args.method != "prn":
-        raise CliError("--seen-anomalies is for trained methods (--method prn)")
     detector = make_detector(args.method, backbone, **(_prn_options(args) if args.method == "prn" else {}))
     result = evaluate_on_category(detector, data, seen=args.seen_anomalies, seed=args.seed, device=args.device)
     metrics = result.metrics | {"embed_s": data.embed_s, "method": args.method, "backbone": args.backbone,

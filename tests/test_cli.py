@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -101,3 +102,26 @@ def test_method_help_keeps_a_percent_sign_of_a_summary(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     assert "10 % greedy coreset" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def no_embedding(monkeypatch):
+    """Fails a test that reaches the embedding (and so the fit) of a category."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the category was embedded and fitted before its test split was checked")
+
+    monkeypatch.setattr("protoad_lib.evaluation.load_category", refuse)
+
+
+def test_evaluate_refuses_a_test_split_of_good_images_only_before_fitting(benchmark, tmp_path, capsys, no_embedding):
+    for split in ("train", "test"):
+        shutil.copytree(benchmark / "weave" / split / "good", tmp_path / "weave" / split / "good")
+    assert main(["evaluate", "--data-root", str(tmp_path), "--category", "weave"]) == 2
+    error = capsys.readouterr().err
+    assert "2 good and 0 anomalous" in error and "AUROC needs both classes" in error and len(error.splitlines()) == 1
+
+
+def test_evaluate_refuses_seen_anomalies_that_leave_none_to_score(benchmark, capsys, no_embedding):
+    assert main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "prn",
+                 "--seen-anomalies", "3"]) == 2
+    assert "3 of them trained on by --seen-anomalies" in capsys.readouterr().err
