@@ -27,7 +27,7 @@ from .methods.npad import holdout_split
 
 PIXEL_QUANTILE = 0.999
 DEFAULT_FRACTION = 0.2
-MIN_FIT_IMAGES = 2
+MIN_FIT_IMAGES = 2  # the fewest training images a fit takes (PaDiM's covariance needs two); `protoad fit` refuses fewer
 QUANTILE_SAMPLE = 2**24
 SCORE_BATCH = 8
 

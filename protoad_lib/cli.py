@@ -20,18 +20,38 @@ class CliError(Exception):
 
 
 def _training_data(args: argparse.Namespace):
+    """The good training images; with `--on-error skip` (the default) unreadable ones are left out and listed
+    in the dataset's `skipped`, and at least `MIN_FIT_IMAGES` must remain."""
+    from .calibration import MIN_FIT_IMAGES
     from .data import AnomalyDataset, DatasetError, ImageFolderDataset
 
+    on_error = "skip" if args.on_error == "skip" else "raise"
     try:
         resize = args.resize or args.image_size
         if args.train_dir:
-            return ImageFolderDataset(args.train_dir, resize=resize, crop=args.image_size, recursive=args.recursive)
-        if not (args.data_root and args.category):
+            data = ImageFolderDataset(args.train_dir, resize=resize, crop=args.image_size, on_error=on_error,
+                                      recursive=args.recursive)
+        elif args.data_root and args.category:
+            data = AnomalyDataset(args.data_root, args.category, "train", layout=args.layout, resize=resize,
+                                  crop=args.image_size, on_error=on_error)
+        else:
             raise CliError("Give --data-root and --category (MVTec AD or BTAD layout), or --train-dir.")
-        return AnomalyDataset(args.data_root, args.category, "train", layout=args.layout, resize=resize,
-                              crop=args.image_size)
     except DatasetError as error:
         raise CliError(str(error)) from error
+    if len(data) < MIN_FIT_IMAGES:
+        source = args.train_dir or Path(args.data_root) / args.category / "train"
+        raise CliError(f"{source}: {len(data)} readable training image(s)"
+                       + (f" ({len(data.skipped)} unreadable, skipped)" if data.skipped else "")
+                       + f"; a fit needs at least {MIN_FIT_IMAGES}.")
+    return data
+
+
+def _report_skipped(skipped: list[tuple[str, str]], used: int) -> None:
+    """Each image left out (on stderr, as predict lists its unreadable ones) and how many the fit uses."""
+    for path, reason in skipped:
+        print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable training images (listed on stderr); fitting on {used}")
 
 
 def _prn_options(args: argparse.Namespace) -> dict:
@@ -56,12 +76,18 @@ def command_fit(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .calibration import fit_calibrated
     from .checkpoint import save_detector
+    from .data import DatasetError
     from .methods import fitted_size, make_detector
 
     data = _training_data(args)
+    _report_skipped(data.skipped, len(data))
     start = time.perf_counter()
     model = make_detector(args.method, load_backbone(args.backbone), **_fit_options(args))
-    model, calibration = fit_calibrated(model, data, args.batch_size, args.device, args.calibration_fraction, args.seed)
+    try:
+        model, calibration = fit_calibrated(model, data, args.batch_size, args.device, args.calibration_fraction,
+                                            args.seed)
+    except DatasetError as error:  # --on-error fail: the first unreadable image stops the fit
+        raise CliError(str(error)) from error
     elapsed = time.perf_counter() - start
     save_detector(model.cpu(), args.out, image_size=args.image_size, resize=data.resize, calibration=calibration)
     if args.method == "protoad":
@@ -258,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resize side before a centre crop to --image-size (default: none, the whole image is "
                           "resized to --image-size, as predict does; 256 is the paper protocol)")
     fit.add_argument("--recursive", action="store_true", help="--train-dir: also images in sub-folders")
+    fit.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                     help="an unreadable training image: left out and listed (skip, the default; every image is "
+                          "opened before the fit), or the fit stops on it (fail)")
     fit.add_argument("--calibration-fraction", type=float, default=0.2,
                      help="good images held out to set the decision thresholds (0: none); the final fit uses all")
     _add_image_options(fit)

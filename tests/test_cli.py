@@ -125,3 +125,49 @@ def test_evaluate_refuses_seen_anomalies_that_leave_none_to_score(benchmark, cap
     assert main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "prn",
                  "--seen-anomalies", "3"]) == 2
     assert "3 of them trained on by --seen-anomalies" in capsys.readouterr().err
+
+
+def _train_folder(benchmark, folder, broken=0, keep=None, convert=None):
+    """A copy of weave's good training images (the first `keep`, each through `convert`) and `broken`
+    truncated ones."""
+    folder.mkdir(parents=True)
+    sources = sorted((benchmark / "weave" / "train" / "good").glob("*.png"))
+    for path in sources[:keep]:
+        image = Image.open(path)
+        (convert(image, path) if convert else image).save(folder / path.name)
+    for index in range(broken):
+        (folder / f"broken_{index}.png").write_bytes(sources[0].read_bytes()[:200])
+    return folder
+
+
+def test_fit_skips_unreadable_training_images_lists_them_and_counts_the_rest(benchmark, tmp_path, capsys):
+    _train_folder(benchmark, tmp_path / "data" / "weave" / "train" / "good", broken=1)
+    model = tmp_path / "model.safetensors"
+    assert main(["fit", "--data-root", str(tmp_path / "data"), "--category", "weave", "--out", str(model),
+                 "--image-size", "64"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable training images" in captured.out and "fitting on 6" in captured.out
+    assert "images: 6" in captured.out and model.is_file()
+    assert "unreadable: " in captured.err and "broken_0.png" in captured.err
+
+
+def test_fit_on_error_fail_stops_with_one_line_naming_the_image(benchmark, tmp_path, capsys):
+    folder = _train_folder(benchmark, tmp_path / "train", broken=1)
+    assert main(["fit", "--train-dir", str(folder), "--out", str(tmp_path / "m.safetensors"), "--image-size", "64",
+                 "--on-error", "fail"]) == 2
+    error = capsys.readouterr().err
+    last = error.splitlines()[-1]  # after the feature extraction's progress bar
+    assert last.startswith("protoad fit: error: cannot read image") and "broken_0.png" in last
+    assert "--on-error skip" in last and not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize(("keep", "broken", "message"), [
+    (1, 2, "1 readable training image(s) (2 unreadable, skipped); a fit needs at least 2"),
+    (0, 2, "all 2 are unreadable"),
+])
+def test_fit_refuses_fewer_than_two_readable_images_in_one_line(benchmark, tmp_path, capsys, keep, broken, message):
+    folder = _train_folder(benchmark, tmp_path / "train", broken=broken, keep=keep)
+    assert main(["fit", "--train-dir", str(folder), "--out", str(tmp_path / "m.safetensors")]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and message in error
+

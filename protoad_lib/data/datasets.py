@@ -157,9 +157,9 @@ class AnomalyDataset(RecordDataset):
     def _other_layout_hint(self) -> str:
         c = self.category_dir
         if self.layout == "mvtec" and ((c / "train" / "ok").is_dir() or (c / "test" / "ko").is_dir()):
-            return " This looks like a BTAD folder (train/ok, test/ko): pass layout='btad'."
+            return " This looks like a BTAD folder (train/ok, test/ko): pass --layout btad (Python: layout='btad')."
         if self.layout == "btad" and ((c / "train" / "good").is_dir() or (c / "test" / "good").is_dir()):
-            return " This looks like an MVTec AD folder (train/good): pass layout='mvtec'."
+            return " This looks like an MVTec AD folder (train/good): pass --layout mvtec (Python: layout='mvtec')."
         return ""
 
     def _problem(self, exc: DatasetLayoutError, path: Path) -> None:
@@ -172,8 +172,8 @@ class AnomalyDataset(RecordDataset):
         hint = self._layout_hint()
         if not self.root.is_dir():
             raise DatasetLayoutError(
-                f"dataset root {self.root} does not exist; {hint}. Check the --data-dir / root "
-                "argument (and download the dataset if needed)."
+                f"dataset root {self.root} does not exist; {hint}. Check --data-root (Python: the root "
+                "argument), and download the dataset if needed."
             )
         if not self.category_dir.is_dir():
             present = [p.name for p in _subdirs(self.root)]
@@ -246,8 +246,8 @@ class AnomalyDataset(RecordDataset):
                     alt = " (or .bmp)" if self.layout == "btad" else ""
                     self._problem(MissingMaskError(
                         f"defective test image {p} has no ground-truth mask: expected "
-                        f"{expected_of(p)}{alt}. Add the mask, remove the image, or pass "
-                        "on_error='skip'."
+                        f"{expected_of(p)}{alt}. Add the mask or remove the image (Python: on_error='skip' "
+                        "leaves it out)."
                     ), p)
                     continue
                 records.append(SampleRecord(str(p), 1, defect_type, str(mask)))

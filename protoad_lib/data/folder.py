@@ -34,13 +34,16 @@ class ImageFolderDataset(RecordDataset):
         if on_error == "skip":
             records = self._validate_for_skip(records)
         self.samples = records
+        if self.skipped and not self.samples:
+            path, reason = self.skipped[0]
+            raise DatasetLayoutError(f"no usable images in folder {self.folder}: all {len(self.skipped)} are "
+                                     f"unreadable (first: {path}: {reason})")
         if not self.samples:
             raise DatasetLayoutError(
                 f"no usable images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder "
                 f"{self.folder}" + (" (searched recursively)" if recursive else
                                     "; images in sub-folders are found with recursive=True "
                                     "(--recursive on the command line)")
-                + (f"; {len(self.skipped)} skipped" if self.skipped else "")
             )
 
     def __repr__(self) -> str:

@@ -46,7 +46,8 @@ def _open_loaded(path: Path, what: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(
             f"cannot read {what} {path}: {type(exc).__name__}: {exc}. The file is unreadable "
-            "or truncated; re-download/replace it, or pass on_error='skip' to leave it out."
+            "or truncated; re-download or replace it, or leave it out (`protoad fit --on-error skip`; "
+            "Python: on_error='skip')."
         ) from exc
 
 
