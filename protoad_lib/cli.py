@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 
 from .atomic import write_text_atomically
+from .data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from .experiments.measure import peak_rss_mb
 from .methods import REGISTRY, bench_names, method_names
 
@@ -101,14 +103,21 @@ def command_fit(args: argparse.Namespace) -> None:
     print(f"fit time: {elapsed:.1f} s  peak memory: {peak_rss_mb():.0f} MB  checkpoint: {args.out}")
 
 
-def _collect_images(inputs: list[str], recursive: bool) -> list[Path]:
+def _collect_images(inputs: list[str], recursive: bool, out: Path) -> list[Path]:
+    """The images named or found in `inputs`, none of them inside `out`: a rerun must never score the
+    overlays an earlier run wrote."""
     from .data import list_images
 
+    out = out.resolve()
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
+        if path.resolve().is_relative_to(out):
+            raise CliError(f"{path} is inside the output folder {out}, and predict never reads its own output: "
+                           "give an --out outside the input folders.")
         if path.is_dir():
-            paths.extend(list_images(path, recursive=recursive))
+            paths.extend(found for found in list_images(path, recursive=recursive)
+                         if not found.resolve().is_relative_to(out))
         elif path.is_file():
             paths.append(path)
         else:
@@ -122,13 +131,14 @@ def _collect_images(inputs: list[str], recursive: bool) -> list[Path]:
 def command_predict(args: argparse.Namespace) -> None:
     from .calibration import Calibration
     from .checkpoint import CheckpointError, load_detector
-    from .predict import Decision, predict_images
+    from .predict import Decision, OutputFolderError, predict_images, scored_images
 
     try:
         detector, metadata = load_detector(args.model)
     except CheckpointError as error:
         raise CliError(str(error)) from error
-    paths = _collect_images(args.inputs, args.recursive)
+    out = Path(args.out)
+    paths = _collect_images(args.inputs, args.recursive, out)
     size = metadata["image_size"]
     if metadata["resize"] != size:
         print(f"note: {args.model} was fitted on centre crops ({size} of {metadata['resize']} px); predict scores "
@@ -138,14 +148,27 @@ def command_predict(args: argparse.Namespace) -> None:
         print("note: the checkpoint holds no calibration and no --threshold was given: scores only, colour scale "
               "per image")
     decision = Decision.of(calibration, args.threshold)
-    summary = predict_images(detector, paths, args.out, size, decision, args.batch_size, args.workers, args.device,
-                             args.save_maps)
-    flagged = f", {summary.anomalous} anomalous (threshold {decision.image_threshold:.4g})" \
-        if decision.image_threshold is not None else ""
-    print(f"scored {summary.scored} images{flagged}; {len(summary.unreadable)} unreadable"
-          + (" (listed in unreadable.csv)" if summary.unreadable else "") + f"; overlays and scores.csv in {args.out}")
+    try:
+        summary = predict_images(detector, paths, out, size, decision, args.batch_size, args.workers, args.device,
+                                 args.save_maps, max_pixels=args.max_pixels,
+                                 train_colour_mode=metadata.get("train_colour_mode"), overwrite=args.overwrite)
+    except OutputFolderError as error:
+        raise CliError(str(error)) from error
+    except KeyboardInterrupt as stop:
+        raise type(stop)(f"{len(scored_images(out))} images kept in {out / 'scores.csv'}; the same command "
+                         "resumes") from None
+    for path, note in summary.notes:
+        print(f"  warning: {path}: {note}", file=sys.stderr)
     for path, reason in summary.unreadable:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    if summary.unreadable and not summary.scored:
+        raise CliError(f"no image could be scored: all {len(summary.unreadable)} new images are unreadable or "
+                       f"refused (reasons in {out / 'unreadable.csv'}).")
+    flagged = f", {summary.anomalous} anomalous (threshold {decision.image_threshold:.4g})" \
+        if decision.image_threshold is not None else ""
+    skipped = f" ({summary.skipped} scored earlier kept: --overwrite scores them again)" if summary.skipped else ""
+    print(f"scored {summary.scored} images{flagged}{skipped}; {len(summary.unreadable)} unreadable"
+          + (" (listed in unreadable.csv)" if summary.unreadable else "") + f"; overlays and scores.csv in {out}")
 
 
 def _check_test_split(args: argparse.Namespace) -> None:
@@ -292,7 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(fit)
     fit.set_defaults(handler=command_fit)
 
-    predict = commands.add_parser("predict", help="anomaly heat maps and scores for images")
+    predict = commands.add_parser(
+        "predict", help="anomaly heat maps and scores for images",
+        description="Score images: an overlay per image and a row in OUT/scores.csv, written as it goes. A rerun "
+                    "into the same --out skips the images scores.csv lists and appends the rest. Files that cannot "
+                    f"be decoded, images under {MIN_SIDE} px a side, and images needing more than --max-pixels "
+                    f"decoded are listed with a reason in OUT/unreadable.csv, not scored; images over {MAX_SIDE} px "
+                    "a side are scored at 1/2, 1/3, ... size (a JPEG is decoded so). A grayscale image given to a "
+                    "checkpoint fitted on colour images, or the reverse, is scored with a warning (and a note in "
+                    "scores.csv). Nothing inside --out is read.")
     predict.add_argument("--model", required=True, help="checkpoint written by `protoad fit`")
     predict.add_argument("inputs", nargs="+", help="images and/or directories of images")
     predict.add_argument("--out", required=True, help="folder for overlays, scores.csv (and maps)")
@@ -303,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--workers", type=int, default=2, help="processes decoding images (0: in the main one)")
     predict.add_argument("--device", default="cpu")
+    predict.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                         help=f"pixels decoded at most per image (default {DEFAULT_MAX_PIXELS:,}, PIL's own "
+                              f"decompression-bomb limit; a JPEG over {MAX_SIDE} px a side counts at the reduced "
+                              "scale it is decoded at)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="start OUT/scores.csv and unreadable.csv afresh instead of resuming them")
     predict.set_defaults(handler=command_predict)
 
     evaluate = commands.add_parser("evaluate", help="fit on train, score test, print metrics")
@@ -358,13 +395,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception: the command unwinds (its `finally` blocks and worker shutdowns run) as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl-C (exit 130) and SIGTERM (exit 143) end it with one line, not a traceback."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.handler(args)
     except CliError as error:
         print(f"protoad {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"protoad {args.command}: {'terminated' if terminated else 'interrupted'}"
+              + (f"; {stop}" if str(stop) else ""), file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

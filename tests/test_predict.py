@@ -3,6 +3,7 @@
 import csv
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -11,7 +12,8 @@ from protoad_lib import predict as predict_module
 from protoad_lib.calibration import PIXEL_QUANTILE, calibration_from_scores, held_out_indices
 from protoad_lib.checkpoint import read_checkpoint
 from protoad_lib.cli import main
-from protoad_lib.data import generate_mini_benchmark, load_rgb
+from protoad_lib.data import CorruptImageError, generate_mini_benchmark, load_rgb
+from protoad_lib.data.images import load_bounded
 from protoad_lib.methods import method_names
 
 
@@ -80,7 +82,8 @@ def test_non_square_image_gets_a_map_of_its_own_size_and_a_border_defect_is_foun
     assert overlay.height == 128 and overlay.width > 200  # the image at its own size + a colour bar
 
 
-def test_interrupted_predict_keeps_what_it_finished(model, category, tmp_path, monkeypatch):
+def test_interrupted_predict_keeps_what_it_finished_and_a_rerun_resumes(model, category, tmp_path, monkeypatch,
+                                                                        capsys):
     written = predict_module.save_image_result
     calls = {"n": 0}
 
@@ -92,12 +95,162 @@ def test_interrupted_predict_keeps_what_it_finished(model, category, tmp_path, m
 
     monkeypatch.setattr(predict_module, "save_image_result", fail_after_three)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        main(["predict", "--model", str(model), str(category / "test"), "--recursive", "--out", str(out),
-              "--batch-size", "4", "--workers", "0"])
-    assert len(read_rows(out)) == 3
+    command = ["predict", "--model", str(model), str(category / "test"), "--recursive", "--out", str(out),
+               "--batch-size", "4", "--workers", "0"]
+    assert main(command) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"protoad predict: interrupted; 3 images kept in {out / 'scores.csv'}; the same command resumes"
+    first = read_rows(out)
+    assert len(first) == 3
     assert len(list(out.glob("*_heatmap.png"))) == 3
     assert not list(out.glob(".*.tmp"))
+    monkeypatch.setattr(predict_module, "save_image_result", written)
+    assert main(command) == 0
+    assert "scored 4 images" in capsys.readouterr().out
+    rows = read_rows(out)
+    assert rows[:3] == first and len({row["image"] for row in rows}) == len(rows) == 7
+
+
+def test_a_rerun_keeps_earlier_rows_repairs_a_cut_line_and_overwrite_starts_afresh(model, category, tmp_path,
+                                                                                   capsys):
+    out = tmp_path / "out"
+    run = ["predict", "--model", str(model), "--out", str(out), "--workers", "0"]
+    assert main(run + [str(category / "test" / "good")]) == 0
+    good = read_rows(out)
+    assert main(run + [str(category / "test"), "--recursive"]) == 0  # a second folder: the good rows stay
+    rows = read_rows(out)
+    assert rows[:4] == good and len(rows) == 7
+    scores = out / "scores.csv"
+    scores.write_bytes(scores.read_bytes()[:-12])  # a kill mid-row
+    capsys.readouterr()
+    assert main(run + [str(category / "test"), "--recursive"]) == 0
+    assert "scored 1 images" in capsys.readouterr().out
+    repaired = read_rows(out)
+    assert repaired[:6] == rows[:6] and repaired[6]["image"] == rows[6]["image"] and len(repaired) == 7
+    assert all(None not in row.values() for row in repaired)
+    assert main(run + [str(category / "test" / "good"), "--overwrite"]) == 0
+    assert [row["image"] for row in read_rows(out)] == [row["image"] for row in good]
+    scores.write_text("image,score\nold.png,0.5\n")
+    assert main(run + [str(category / "test" / "good")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_nothing_scored_exits_non_zero_with_one_line(model, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "notes.jpg").write_text("not an image\n")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), str(inputs), "--out", str(out), "--workers", "0"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("protoad predict: error: no image could be scored") and "unreadable.csv" in last
+    with open(out / "unreadable.csv", newline="") as handle:
+        assert sorted(row["image"].rsplit("/", 1)[-1] for row in csv.DictReader(handle)) == ["empty.png", "notes.jpg"]
+
+
+def test_output_inside_an_input_folder_is_never_read(model, category, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for source in sorted((category / "test" / "good").glob("*.png"))[:2]:
+        (inputs / source.name).write_bytes(source.read_bytes())
+    out = inputs / "results"
+    for _ in range(2):
+        assert main(["predict", "--model", str(model), str(inputs), "--recursive", "--out", str(out),
+                     "--workers", "0"]) == 0
+    assert sorted(row["image"].rsplit("/", 1)[-1] for row in read_rows(out)) == sorted(
+        path.name for path in inputs.glob("*.png"))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), str(inputs), "--out", str(inputs), "--workers", "0"]) == 2
+    assert "inside the output folder" in capsys.readouterr().err
+
+
+def test_an_error_in_a_decoding_worker_ends_every_worker(model, category, tmp_path, monkeypatch):
+    decode = predict_module.load_bounded
+
+    def fail_on_one(path, *args):
+        if path.name == "001.png":
+            raise RuntimeError("disk gone")
+        return decode(path, *args)
+
+    monkeypatch.setattr(predict_module, "load_bounded", fail_on_one)
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    with pytest.raises(RuntimeError, match="disk gone") as kept:  # its traceback keeps the DataLoader iterator
+        main(["predict", "--model", str(model), str(category / "test"), "--recursive", "--out", str(tmp_path / "o"),
+              "--batch-size", "1", "--workers", "2"])
+    assert kept.traceback
+    assert [child for child in psutil.Process().children(recursive=True) if child.pid not in before] == []
+
+
+def test_tiny_images_are_refused_with_the_minimum_size(model, category, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = Image.open(sorted((category / "test" / "good").glob("*.png"))[0]).convert("RGB")
+    good.save(inputs / "fine.png")
+    good.resize((1, 1)).save(inputs / "dot.png")
+    good.resize((200, 20)).save(inputs / "strip.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), str(inputs), "--out", str(out), "--workers", "0"]) == 0
+    assert [row["image"].rsplit("/", 1)[-1] for row in read_rows(out)] == ["fine.png"]
+    with open(out / "unreadable.csv", newline="") as handle:
+        reasons = {row["image"].rsplit("/", 1)[-1]: row["reason"] for row in csv.DictReader(handle)}
+    assert sorted(reasons) == ["dot.png", "strip.png"]
+    assert "1 x 1 px, below the 32 px a side" in reasons["dot.png"]
+
+
+def test_large_images_are_decoded_reduced_and_refused_above_max_pixels(model, category, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = Image.open(sorted((category / "test" / "good").glob("*.png"))[0]).convert("RGB")
+    long = good.resize((4500, 100))  # over 4096 px a side: decoded at half size, 2250 x 50
+    long.save(inputs / "long.png")
+    long.save(inputs / "long.jpg", quality=95)
+    out = tmp_path / "out"
+    run = ["predict", "--model", str(model), "--workers", "0", "--save-maps"]
+    assert main(run + [str(inputs / "long.png"), "--out", str(out)]) == 0
+    assert np.load(out / "long_map.npy").shape == (50, 2250)
+    assert "scored at 1/2 size" in read_rows(out)[0]["note"]
+    assert main(run + [str(inputs), "--out", str(tmp_path / "limited"), "--max-pixels", "200000"]) == 0
+    rows = read_rows(tmp_path / "limited")
+    assert [row["image"].rsplit("/", 1)[-1] for row in rows] == ["long.jpg"]  # decoded at 1/2: 112,500 pixels
+    (overlay,) = (tmp_path / "limited").glob("*_heatmap.png")
+    assert Image.open(overlay).height == 50
+    with open(tmp_path / "limited" / "unreadable.csv", newline="") as handle:
+        (refused,) = list(csv.DictReader(handle))
+    assert refused["image"].endswith("long.png") and "--max-pixels 450000" in refused["reason"]
+
+
+def test_load_bounded_uses_its_own_pixel_limit_not_pils(tmp_path, monkeypatch):
+    Image.new("L", (300, 200), 90).save(tmp_path / "gray.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL alone would call it a decompression bomb
+    image = load_bounded(tmp_path / "gray.png", max_pixels=60_000)
+    assert image.rgb.mode == "RGB" and image.rgb.size == (300, 200) and image.mode == "L"
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(CorruptImageError, match="more than the 59,999 pixels"):
+        load_bounded(tmp_path / "gray.png", max_pixels=59_999)
+
+
+@pytest.mark.parametrize("train_mode, warned", [("colour", ["gray.png"]), ("grayscale", ["colour.png"]),
+                                                ("mixed", [])])
+def test_an_image_unlike_the_training_colour_mode_is_scored_with_a_warning(train_mode, warned, model, category,
+                                                                           tmp_path, capsys):
+    from protoad_lib.calibration import Calibration
+    from protoad_lib.checkpoint import load_detector, save_detector
+
+    detector, metadata = load_detector(model)
+    marked = save_detector(detector, tmp_path / "marked.safetensors", image_size=128, resize=128,
+                           calibration=Calibration.from_dict(metadata["calibration"]), train_colour_mode=train_mode)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = Image.open(sorted((category / "test" / "good").glob("*.png"))[0]).convert("RGB")
+    good.save(inputs / "colour.png")
+    good.convert("L").save(inputs / "gray.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(marked), str(inputs), "--out", str(out), "--workers", "0"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert [line.split(": ")[1].rsplit("/", 1)[-1] for line in warnings] == warned
+    assert all(f"fitted on {train_mode} images" in line for line in warnings)
+    notes = {row["image"].rsplit("/", 1)[-1]: row["note"] for row in read_rows(out)}
+    assert sorted(name for name, note in notes.items() if note) == warned
 
 
 def test_unreadable_files_are_listed_not_fatal_and_empty_folders_name_the_flag(model, category, tmp_path, capsys):
