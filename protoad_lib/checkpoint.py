@@ -27,9 +27,11 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int,
-                        calibration: Calibration | None = None) -> dict:
+                        calibration: Calibration | None = None, train_colour_mode: str | None = None) -> dict:
     """What rebuilds and applies the detector: method, backbone, preprocessing (resize, then centre crop
-    to image_size; equal sizes: the whole image), config, and the calibration (`calibration.py`) or None."""
+    to image_size; equal sizes: the whole image), config, the calibration (`calibration.py`) or None, and
+    the training images' colour mode ("colour", "grayscale", "mixed"; None: not known), so that predict can
+    warn about an image of another kind."""
     backbone = detector.backbone
     return {
         "format_version": FORMAT_VERSION,
@@ -43,6 +45,7 @@ def checkpoint_metadata(detector: AnomalyDetector, image_size: int, resize: int,
         "resize": resize,
         "config": detector.config(),
         "calibration": calibration.as_dict() if calibration is not None else None,
+        "train_colour_mode": train_colour_mode,
     }
 
 
@@ -61,10 +64,10 @@ def content_digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_detector(detector: AnomalyDetector, path: str | Path, image_size: int = 224, resize: int = 256,
-                  calibration: Calibration | None = None) -> Path:
+                  calibration: Calibration | None = None, train_colour_mode: str | None = None) -> Path:
     """One file: the fitted tensors (prototypes, memory bank, Gaussians) and what rebuilds the network."""
     path = Path(path)
-    text = json.dumps(checkpoint_metadata(detector, image_size, resize, calibration))
+    text = json.dumps(checkpoint_metadata(detector, image_size, resize, calibration, train_colour_mode))
     tensors = {name: value.contiguous() for name, value in detector.state_tensors().items()}
     metadata = {"protoad": text, DIGEST_KEY: content_digest(text, tensors)}
     with atomic_output(path) as temporary:

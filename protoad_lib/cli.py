@@ -91,7 +91,8 @@ def command_fit(args: argparse.Namespace) -> None:
     except DatasetError as error:  # --on-error fail: the first unreadable image stops the fit
         raise CliError(str(error)) from error
     elapsed = time.perf_counter() - start
-    save_detector(model.cpu(), args.out, image_size=args.image_size, resize=data.resize, calibration=calibration)
+    save_detector(model.cpu(), args.out, image_size=args.image_size, resize=data.resize, calibration=calibration,
+                  train_colour_mode=data.colour_mode())
     if args.method == "protoad":
         levels = model.prototype_set.hierarchy.num_clusters if model.prototype_set.hierarchy else []
         print(f"images: {len(data)}  FINCH levels (K): {levels}  level: {model.prototype_set.level}  K: {model.k}")

@@ -4,10 +4,13 @@ import argparse
 import csv
 import json
 import shutil
+from pathlib import Path
+from typing import Callable
 
 import pytest
 from PIL import Image
 
+from protoad_lib.checkpoint import read_checkpoint
 from protoad_lib.cli import build_parser, main
 
 
@@ -127,7 +130,8 @@ def test_evaluate_refuses_seen_anomalies_that_leave_none_to_score(benchmark, cap
     assert "3 of them trained on by --seen-anomalies" in capsys.readouterr().err
 
 
-def _train_folder(benchmark, folder, broken=0, keep=None, convert=None):
+def _train_folder(benchmark: Path, folder: Path, broken: int = 0, keep: int | None = None,
+                  convert: Callable[[Image.Image, Path], Image.Image] | None = None) -> Path:
     """A copy of weave's good training images (the first `keep`, each through `convert`) and `broken`
     truncated ones."""
     folder.mkdir(parents=True)
@@ -171,3 +175,14 @@ def test_fit_refuses_fewer_than_two_readable_images_in_one_line(benchmark, tmp_p
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and message in error
 
+
+@pytest.mark.parametrize(("convert", "mode"), [
+    (None, "colour"),
+    (lambda image, path: image.convert("L"), "grayscale"),
+    (lambda image, path: image.convert("L") if path.stem < "003" else image, "mixed"),
+])
+def test_fit_records_the_training_images_colour_mode(benchmark, tmp_path, convert, mode):
+    folder = _train_folder(benchmark, tmp_path / "train", convert=convert)
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", "--train-dir", str(folder), "--out", str(model), "--image-size", "64"]) == 0
+    assert read_checkpoint(model)[0]["train_colour_mode"] == mode

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import CorruptImageError
-from .images import image_size_of, load_mask, load_rgb, verify_file
+from .images import colour_mode, image_size_of, load_mask, load_rgb, verify_file
 from .transforms import PairedTransform, paper_transform
 
 ON_ERROR = ("raise", "skip")
@@ -85,6 +86,15 @@ class RecordDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def colour_mode(self) -> str:
+        """The images' kind, "colour", "grayscale" or "mixed" (both occur), from their headers (opening a file
+        reads no pixels): a checkpoint records it, so that predict can warn about an image of the other kind."""
+        kinds = set()
+        for path in self.paths:
+            with Image.open(path) as image:
+                kinds.add(colour_mode(image.mode))
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def load_sample(self, index: int) -> dict[str, Any]:
         rec = self.samples[index]
