@@ -48,6 +48,7 @@ from protoad_lib.experiments.ablations import ablation_plan
 from protoad_lib.methods import make_detector
 from protoad_lib.methods.prn import SCHEDULES
 from protoad_lib.profiles import get_profile
+from protoad_lib.resume import SUFFIX as RESULT_SUFFIX
 from protoad_lib.run import stop_on_sigterm
 
 NOTEBOOKS = ("01", "02", "03", "04", "05", "06", "07")
@@ -105,7 +106,8 @@ def lost_seconds(row: dict, results: Path) -> float:
     interrupted = row.get("interrupted_s", 0.0)
     if not interrupted or row["notebook"] != "07":
         return interrupted
-    stored = list((results / "paper" / "cache" / "ablations").glob("*.pt"))
+    folder = results / "paper" / "cache" / "ablations"
+    stored = [path for pattern in ("*.pt", f"*{RESULT_SUFFIX}") for path in folder.glob(pattern)]  # .pt: earlier versions
     if not stored:
         return interrupted
     digest = max(stored, key=lambda path: path.stat().st_mtime).stem.rsplit("__", 1)[1]  # the finished attempt's settings

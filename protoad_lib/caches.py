@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, feature_cache_dir
+from .resume import SUFFIX as RESULT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,13 @@ class CacheFolder:
     path: Path
 
     def files(self) -> list[Path]:
-        """Its entries (`*.pt`) and temporaries left by a killed writer (`.*.tmp`), in name order."""
+        """Its entries (feature tensors `*.pt`, stored results `*.safetensors`; results stored as `*.pt` by
+        earlier versions, never read now, so that they can be cleared) and temporaries left by a killed writer
+        (`.*.tmp`), in name order."""
         if not self.path.is_dir():
             return []
-        return sorted(p for pattern in ("*.pt", ".*.tmp") for p in self.path.rglob(pattern) if p.is_file())
+        patterns = ("*.pt", f"*{RESULT_SUFFIX}", ".*.tmp")
+        return sorted(p for pattern in patterns for p in self.path.rglob(pattern) if p.is_file())
 
     def clear(self) -> tuple[int, int]:
         """Delete every entry; returns (files, bytes) removed."""

@@ -85,7 +85,7 @@ def test_an_interrupted_ablation_run_resumes_after_its_last_finished_ablation(pa
     interrupt = [True]
     with pytest.raises(KeyboardInterrupt):
         ablations.run_ablations(run, plan, plan.config(seed=run.seed))
-    stored = sorted(path.name.split("__")[1] for path in (tmp_path / "cache" / "ablations").glob("*.pt"))
+    stored = sorted(path.name.split("__")[1] for path in (tmp_path / "cache" / "ablations").glob("*.safetensors"))
     assert stored == sorted(["layers", "finch_level", "level_rule", "clustering", "subsampling"])
 
     interrupt[0], fits[:] = False, []

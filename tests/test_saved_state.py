@@ -3,13 +3,17 @@
 import json
 import multiprocessing
 import os
+import pathlib
 import shutil
 import struct
 import warnings
+from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from protoad_lib import cli
@@ -18,8 +22,12 @@ from protoad_lib.caches import CacheFolder, cache_folders
 from protoad_lib.checkpoint import CheckpointError, load_detector, read_checkpoint, save_detector
 from protoad_lib.data import AnomalyDataset
 from protoad_lib.atomic import CacheWarning
+from protoad_lib.evaluation import load_category
+from protoad_lib.experiments.ablations import fit_baselines, sigma_ablation, timed
+from protoad_lib.experiments.comparison import MethodResult, score_method
 from protoad_lib.features import CacheKey, FeatureCache, embed_split
 from protoad_lib.methods import make_detector
+from protoad_lib.methods.protoad import ProtoADConfig
 from protoad_lib.report.writers import save_table
 from protoad_lib.resume import ResultStore
 
@@ -208,3 +216,90 @@ def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
     assert "removed 2 files" in capsys.readouterr().out
     assert CacheFolder("features", tmp_path / "features").files() == []
     assert len(CacheFolder("results", tmp_path / "run" / "cache").files()) == 1
+
+
+def every_storable_type() -> dict:
+    """One of each kind of value the experiments store, with the details a lossy format would lose."""
+    table = pd.DataFrame({
+        "category": ["weave", None], "K": [339, 114], "auroc": [0.1 + 0.2, float("nan")],
+        "k": pd.array([1254, None], dtype="Int64"), "layers": pd.Series([("layer2", "layer3"), ("layer3", "layer4")], dtype=object),
+        "half": np.array([1.1, 2.2], dtype=np.float32), "seen": [True, False],
+    })
+    return {
+        "table": table,
+        "indexed": pd.DataFrame({"x": [1.0, 2.0]}, index=pd.Index(["r1", "r2"], name="row")),
+        "same_names": pd.DataFrame([[1, 2]], columns=["x", "x"]),
+        "empty": pd.DataFrame(),
+        "timed": (table, 12.3),
+        "scores": torch.randn(5, dtype=torch.float64),
+        "maps": {0: torch.rand(1, 8, 8), 3: torch.zeros(0, 2)},
+        "counts": np.arange(4, dtype=np.int32),
+        "mean": np.float64(1 / 3),
+        "plain": [None, True, 2**70, float("inf"), "text", {"__type__": "a key like the format's own"}],
+    }
+
+
+def assert_same(back, original) -> None:
+    assert type(back) is type(original)
+    if isinstance(original, pd.DataFrame):
+        pd.testing.assert_frame_equal(back, original, check_exact=True)
+        assert back.dtypes.tolist() == original.dtypes.tolist() and back.columns.dtype == original.columns.dtype
+        assert type(back.index) is type(original.index) and back.index.name == original.index.name
+    elif isinstance(original, torch.Tensor):
+        assert back.dtype == original.dtype and torch.equal(back, original)
+    elif isinstance(original, np.ndarray):
+        assert back.dtype == original.dtype and np.array_equal(back, original)
+    elif isinstance(original, dict):
+        assert [(type(key), key) for key in back] == [(type(key), key) for key in original]
+        for key, value in original.items():
+            assert_same(back[key], value)
+    elif isinstance(original, (list, tuple)):
+        assert len(back) == len(original)
+        for item, original_item in zip(back, original):
+            assert_same(item, original_item)
+    else:
+        assert back == original
+
+
+def test_stored_results_round_trip_every_type_exactly_in_a_file_of_data_only(tmp_path):
+    original = every_storable_type()
+    path = ResultStore(tmp_path, {"a": 1}).save(original, "weave", "every")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        back = ResultStore(tmp_path, {"a": 1}).load("weave", "every")
+    assert_same(back, original)
+    assert path.suffix == ".safetensors"
+    with safe_open(str(path), framework="pt") as handle:  # settings and structure are JSON, arrays tensors
+        assert json.loads(handle.metadata()["protoad_result"])["settings"] == {"a": 1}
+
+
+def test_results_of_the_evaluation_and_the_ablations_round_trip(tmp_path, tiny_benchmark, random_lite0):
+    data = load_category(random_lite0, tiny_benchmark, "weave", resize=96, image_size=96, batch_size=4,
+                         progress=False)
+    store = ResultStore(tmp_path, {"a": 1})
+    result = score_method(random_lite0, data, "tiny", "padim", {}, "cpu")
+    store.save(asdict(result), "weave", "padim")
+    assert_same(asdict(MethodResult(**store.load("weave", "padim"))), asdict(result))
+    config = ProtoADConfig()
+    timed_table = timed(lambda: sigma_ablation(random_lite0, [data], (2.0, 4.0), config,
+                                               fit_baselines(random_lite0, [data], config)))
+    store.save(timed_table, "weave", "sigma")
+    assert_same(store.load("weave", "sigma"), timed_table)
+
+
+@pytest.mark.parametrize("value", [{"where": pathlib.Path("x")}, [object()], np.array([object()]),
+                                   pd.DataFrame({"c": pd.Categorical(["a"])}), pd.Series([1.0])])
+def test_a_value_the_format_cannot_hold_is_refused_before_anything_is_written(tmp_path, value):
+    with pytest.raises(TypeError, match="stored"):
+        ResultStore(tmp_path, {"a": 1}).save(value, "weave")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stored_result_of_an_unknown_type_is_refused_and_recomputed(tmp_path):
+    store = ResultStore(tmp_path, {"a": 1})
+    document = {"format_version": 1, "settings_digest": store.digest, "settings": store.settings,
+                "result": {"__type__": "pickle", "bytes": "gASV"}}
+    save_file({}, str(store.path("weave")), metadata={"protoad_result": json.dumps(document)})
+    with pytest.warns(CacheWarning, match="unknown stored type 'pickle'"):
+        assert store.computed(lambda: [1.0], "weave") == [1.0]
+    assert store.load("weave") == [1.0]

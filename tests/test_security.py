@@ -12,12 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
+import protoad_lib
+from protoad_lib.atomic import CacheWarning
 from protoad_lib.data import archives
 from protoad_lib.data import download as dl
 from protoad_lib.data import errors
+from protoad_lib.resume import ResultStore
 
 STEPS = "abcdefghijklmnop"
+UNPICKLING = ("weights_only=False", "allow_pickle=True", "pickle.load")
 
 
 def _add(tar: tarfile.TarFile, name: str, content: bytes | None = None, **fields: object) -> None:
@@ -117,3 +122,39 @@ def test_symlink_member_of_a_zip_is_refused(tmp_path: Path) -> None:
     with pytest.raises(errors.UnsafeArchiveError, match="'01/escape'.*symbolic link"):
         archives.extract_archive(archive, tmp_path / "btad")
     assert not (tmp_path / "btad").exists()
+
+
+class RunsCodeWhenUnpickled:
+    """What a planted results file can hold: unpickling it calls ``Path.touch(marker)``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return Path.touch, (self.marker,)
+
+
+def test_planted_pickle_in_a_results_cache_never_runs_and_is_recomputed(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    store = ResultStore(tmp_path / "cache", {"backbone": "x"})
+    payload = {"settings_digest": store.digest, "settings": store.settings, "result": RunsCodeWhenUnpickled(marker)}
+    path = store.path("bottle", "padim")
+    path.parent.mkdir()
+    for planted in (path, path.with_suffix(".pt")):  # the unit's file, and the name earlier versions used
+        torch.save(payload, planted)
+
+    with pytest.warns(CacheWarning, match=f"{path.name} is discarded because it cannot be read"):
+        assert store.computed(lambda: {"auroc": 0.9}, "bottle", "padim") == {"auroc": 0.9}
+
+    assert not marker.exists()
+    assert store.load("bottle", "padim") == {"auroc": 0.9}
+
+
+def test_nothing_in_the_library_unpickles() -> None:
+    library = Path(protoad_lib.__file__).parent
+    found = [f"{path.relative_to(library)}:{number}: {line.strip()}"
+             for path in sorted(library.rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if any(unsafe in line.replace(" ", "") for unsafe in UNPICKLING)
+             or ("torch.load(" in line and "weights_only=True" not in line)]
+    assert found == []

@@ -7,7 +7,7 @@ restarted, recomputes only what is missing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -92,6 +92,11 @@ def score_method(backbone: Backbone, data: CategoryData, dataset: str, method: s
     )
 
 
+def _method_result(fields: dict | None) -> MethodResult | None:
+    """A `MethodResult` from the fields it was stored as (a stored result holds data, not classes)."""
+    return None if fields is None else MethodResult(**fields)
+
+
 def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
                  options: Mapping[str, dict] | None = None) -> Evaluation:
     """Every method (registry names; None: every method of the evaluation tables) on every category of the run.
@@ -108,13 +113,13 @@ def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
     outcomes: dict[tuple[str, str], MethodResult] = {}
     tests: dict[str, AnomalyDataset] = {}
     for spec, category in run.each_category("evaluation"):
-        stored = {method: store.load(category, method) for method in methods}
+        stored = {method: _method_result(store.load(category, method)) for method in methods}
         missing = [method for method, result in stored.items() if result is None]
         if missing:
             data = run.load(spec, category)
             for method in missing:
                 stored[method] = score_method(run.backbone, data, spec.name, method, options, run.device)
-                store.save(stored[method], category, method)
+                store.save(asdict(stored[method]), category, method)
             del data
         tests[category] = run.dataset(spec, category, "test")
         outcomes |= {(category, method): result for method, result in stored.items()}
