@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .atomic import CacheWarning, atomic_output
 from .backbones import Backbone
+from .data.datasets import check_category_name
 from .progress import progress_bar
 
 
@@ -54,6 +56,9 @@ class CacheKey:
     weights_digest: str = ""
     code_version: int = FEATURE_CODE_VERSION
 
+    def __post_init__(self) -> None:
+        check_category_name(self.category)  # it is part of the file name: '../../x' would leave the cache folder
+
     @classmethod
     def of(cls, dataset_name: str, category: str, split: str, backbone: Backbone, data: Any,
            content: bool = False) -> "CacheKey":
@@ -71,7 +76,10 @@ class CacheKey:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def filename(self) -> str:
-        return f"{self.category}_{self.split}_{self.backbone.replace(':', '-')}_{self.digest()}.pt"
+        """One name in the cache folder: the category is checked, the backbone (`timm:<any model>`) reduced to
+        safe characters."""
+        backbone = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.backbone)
+        return f"{self.category}_{self.split}_{backbone}_{self.digest()}.pt"
 
 
 def _images_of(batch: dict | torch.Tensor) -> torch.Tensor:

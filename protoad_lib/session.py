@@ -20,6 +20,7 @@ import torch
 
 from .backbones import Backbone, load_backbone
 from .data import AnomalyDataset
+from .data.datasets import check_category_name
 from .evaluation import CategoryData, load_category
 from .resume import ResultStore
 from .features import CacheKey, FeatureCache
@@ -170,7 +171,7 @@ def _selected_categories(profile: Profile, categories: str | Sequence[str] | Non
         wanted = list(known)
     else:
         items = categories.split(",") if isinstance(categories, str) else list(categories)
-        wanted = [str(c).strip() for c in items if str(c).strip()]
+        wanted = [check_category_name(str(c).strip()) for c in items if str(c).strip()]
     unknown = [c for c in wanted if c not in known]
     if unknown or not wanted:
         raise ValueError(f"unknown categories {unknown} for profile {profile.name!r}; "

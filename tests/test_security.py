@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -15,11 +16,15 @@ import pytest
 import torch
 
 import protoad_lib
+from protoad_lib import cli
 from protoad_lib.atomic import CacheWarning
-from protoad_lib.data import archives
+from protoad_lib.data import AnomalyDataset, archives
 from protoad_lib.data import download as dl
 from protoad_lib.data import errors
+from protoad_lib.data.datasets import CategoryNameError, check_category_name
+from protoad_lib.features import CacheKey, FeatureCache
 from protoad_lib.resume import ResultStore
+from protoad_lib.session import setup
 
 STEPS = "abcdefghijklmnop"
 UNPICKLING = ("weights_only=False", "allow_pickle=True", "pickle.load")
@@ -158,3 +163,47 @@ def test_nothing_in_the_library_unpickles() -> None:
              if any(unsafe in line.replace(" ", "") for unsafe in UNPICKLING)
              or ("torch.load(" in line and "weights_only=True" not in line)]
     assert found == []
+
+
+@pytest.mark.parametrize("name", ["../../x", "../weave", "a/b", "a\\b", "..", ".", ""])
+def test_a_category_that_is_not_a_folder_name_is_refused_clearly(name: str) -> None:
+    with pytest.raises(CategoryNameError, match="is not a folder name.*must not"):
+        check_category_name(name)
+
+
+@pytest.mark.parametrize("name", ["bottle", "metal_nut", "01", "weave"])
+def test_every_benchmark_category_is_a_folder_name(name: str) -> None:
+    assert check_category_name(name) == name
+
+
+def test_a_dataset_never_reads_a_category_outside_its_root(tiny_benchmark: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_benchmark / "weave", tmp_path / "weave")
+    (tmp_path / "data").mkdir()
+
+    with pytest.raises(CategoryNameError, match="'../weave'"):
+        AnomalyDataset(tmp_path / "data", "../weave", "train")
+
+
+def test_the_feature_cache_never_writes_outside_its_folder(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "a" / "b" / "cache")
+
+    with pytest.raises(CategoryNameError, match="'../../x'"):
+        cache.save(CacheKey("toy", "../../x", "train", "resnet18", "random", ("layer1",), 64, 2), torch.ones(2, 1))
+    assert list(tmp_path.rglob("*.pt")) == []
+
+
+@pytest.mark.parametrize("categories", ["weave,../../x", ["../../x"]])
+def test_notebook_categories_parameter_refuses_a_path(categories: str | list[str]) -> None:
+    with pytest.raises(ValueError, match="category '../../x' is not a folder name"):
+        setup("demo", categories)
+
+
+def test_command_line_refuses_a_category_path_with_status_2(
+    tiny_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["fit", "--data-root", str(tiny_benchmark), "--category", "../../x",
+                     "--out", str(tmp_path / "model.safetensors")])
+
+    assert code == 2
+    assert "protoad fit: error: category '../../x' is not a folder name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import DatasetLayoutError, MissingMaskError, OrphanMaskError
+from .errors import DatasetError, DatasetLayoutError, MissingMaskError, OrphanMaskError
 from .images import is_image, list_images
 from .records import RecordDataset, SampleRecord
 from .transforms import PairedTransform
@@ -54,6 +54,25 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 BTAD_CATEGORIES: tuple[str, ...] = ("01", "02", "03")
 
 LAYOUTS: tuple[str, ...] = ("mvtec", "btad")
+
+
+class CategoryNameError(DatasetError, ValueError):
+    """A category name that is not a single folder name (it would reach outside the dataset or a cache)."""
+
+
+def check_category_name(category: str) -> str:
+    """``category`` when it is one plain folder name, else :class:`CategoryNameError`.
+
+    A category names a folder under the dataset root and is part of cache file names, so
+    ``../../x`` would read or write outside them: path separators, ``..`` and ``.`` are refused.
+    """
+    name = str(category)
+    if name in ("", ".") or any(part in name for part in ("/", "\\", "..", "\0")):
+        raise CategoryNameError(
+            f"category {name!r} is not a folder name: a category must not be empty or '.', nor contain "
+            "'/', '\\' or '..'; use the name of a category folder under the dataset root (e.g. 'bottle')"
+        )
+    return name
 
 
 
@@ -87,7 +106,7 @@ class AnomalyDataset(RecordDataset):
     Args:
         root: dataset root holding one folder per category.
         category: e.g. ``"bottle"`` (MVTec) or ``"01"`` (BTAD); any folder name works
-            (custom / synthetic categories too).
+            (custom / synthetic categories too), a path does not (:func:`check_category_name`).
         split: ``"train"`` or ``"test"``.
         layout: ``"mvtec"`` or ``"btad"`` (see module docstring).
         resize, crop: geometry of :func:`paper_transform` (``image_size`` is an alias of crop).
@@ -124,7 +143,7 @@ class AnomalyDataset(RecordDataset):
             crop = int(image_size)
         self._init_common(resize, crop, on_error, transform)
         self.root = Path(root)
-        self.category = str(category)
+        self.category = check_category_name(category)
         self.split = split
         self.layout = layout
         self.category_dir = self.root / self.category
