@@ -51,10 +51,13 @@ notebooks: $(STAMP)
 	$(BIN)/python -m protoad_lib.run --profile demo --update-notebooks
 	$(BIN)/python -m protoad_lib.report.readme_tables
 
-# JupyterLab on notebooks/ with the project's environment as the kernel.
+# JupyterLab on notebooks/ with the project's environment as the kernel. LAB_ARGS go to `jupyter lab`, e.g.
+#   make lab LAB_ARGS="--no-browser --port 8890"
+# As root (a container), JupyterLab refuses to start unless told: make lab LAB_ARGS="--allow-root --ip 0.0.0.0"
+LAB_ARGS ?=
 lab: $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name protoad --display-name "ProtoAD (.venv)" >/dev/null
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/protoad bench --backbone efficientnet_lite0 --json results/demo/bench.json

@@ -6,6 +6,9 @@ of the run and each executed copy (``<results>/<profile>/executed/<name>.ipynb``
 temporary file, then renamed) land in one folder. One progress line per notebook, the total time at the
 end, and a non-zero exit naming the failing notebook and cell.
 
+Ctrl-C or SIGTERM (`timeout`, a scheduler's time limit) shuts the kernel down and ends the run with one line
+saying what it stored; nothing else reaches the terminal but the notebooks' own output.
+
 Every run also writes the executed notebooks as static HTML with an index page
 (``<results>/<profile>/html/index.html``) for people who read rather than run. Profiles other than the
 demo stream each notebook's output (progress bars with the time left included) to the terminal.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import html
 import logging
 import signal
@@ -28,6 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import zmq
+from jupyter_client.manager import AsyncKernelManager
 
 from .atomic import atomic_output, write_text_atomically
 from .profiles import PROFILES as PROFILE_SETTINGS
@@ -42,6 +49,8 @@ ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's "An Exception was e
 __all__ = [
     "NotebookRunError",
     "NotebookResult",
+    "QuietKernelManager",
+    "RunStopped",
     "discover_notebooks",
     "select_notebooks",
     "strip_papermill",
@@ -63,6 +72,46 @@ class NotebookRunError(RuntimeError):
         self.ename = ename
         self.evalue = evalue
         self.executed_path = executed_path
+
+
+class RunStopped(SystemExit):
+    """Ctrl-C or a stop signal (SIGTERM through `stop_on_sigterm`) as an exception: the run unwinds (papermill
+    shuts the kernel down, the unfinished executed copy is removed) and exits with 128 + the signal's number;
+    `run_notebooks` re-raises it with a message saying what the run stored."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.message = message or f"stopped by {signal.Signals(signum).name}"
+
+
+class QuietKernelManager(AsyncKernelManager):
+    """The runner's kernels, which put nothing on the terminal but what the notebooks print.
+
+    CurveZMQ keys encrypt the kernel's local TCP sockets (without them ipykernel warns at every start). A shutdown
+    skips jupyter_client's SIGINT: papermill shuts the kernel down as soon as its last reply arrives, so the
+    interrupt lands while the kernel is still leaving that request (logged as `ERROR | KeyboardInterrupt caught
+    in kernel` after a successful run) or, in a stopped run, inside the running cell, which then replies on closed
+    sockets (a `ZMQError` traceback); the kernel gets the shutdown request, then SIGTERM. A stopped run's wait for
+    the running cell is cancelled first, or it would see the kernel go and log `Kernel died` and a lost task.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if zmq.has("curve"):
+            self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        """Cancel what still waits on the kernel (a stopped run's running cell), then shut the kernel down."""
+        waiting = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await super().shutdown_kernel(now=now, restart=restart)
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
 
 
 @dataclass(frozen=True)
@@ -196,6 +245,7 @@ def run_notebook(
                 str(notebook), str(temporary), parameters=params, kernel_name=kernel,
                 cwd=str(notebook.parent), progress_bar=False, log_output=stream,
                 request_save_on_cell_execute=False, start_timeout=start_timeout,
+                kernel_manager_class=QuietKernelManager,
             )
         except PapermillExecutionError as error:
             failure = error  # keep the executed copy: it shows the failing cell and its traceback
@@ -257,7 +307,7 @@ def run_notebooks(
     stream = profile != "demo" if stream is None else stream
     if stream:
         _stream_papermill_log()
-    results = []
+    results: list[NotebookResult] = []
     total_start = time.perf_counter()
     for position, notebook in enumerate(selected, start=1):
         prefix = f"[{position}/{len(selected)}] {notebook.stem} ..."
@@ -267,6 +317,10 @@ def run_notebooks(
         except NotebookRunError:
             write(f"{prefix} FAILED ({time.perf_counter() - started:.1f} s)")
             raise
+        except (KeyboardInterrupt, RunStopped) as stop:
+            signum = stop.signum if isinstance(stop, RunStopped) else signal.SIGINT
+            raise RunStopped(signum, _stopped_message(signum, notebook.stem, results, Path(results_dir) / profile,
+                                                      time.perf_counter() - started)) from None
         suffix = ", notebook updated" if update_notebooks else ""
         write(f"{prefix} ok ({result.seconds:.1f} s{suffix})")
         results.append(result)
@@ -274,6 +328,15 @@ def run_notebooks(
     write(f"{len(results)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s "
           f"(executed copies in {_display(Path(results_dir) / profile / 'executed')}; to read: {_display(index)})")
     return results
+
+
+def _stopped_message(signum: int, notebook: str, finished: Sequence[NotebookResult], folder: Path,
+                     seconds: float) -> str:
+    """The one line a stopped run ends with: where it stopped and what it stored (a rerun resumes from it)."""
+    copies = (f"the executed copies of {', '.join(r.name for r in finished)} in {_display(folder / 'executed')}"
+              if finished else "no executed copy")
+    return (f"stopped by {signal.Signals(signum).name} in {notebook} after {seconds:.0f} s; stored {copies}, "
+            f"and what {notebook} saved before the stop in {_display(folder)} (a rerun resumes from it)")
 
 
 def _stream_papermill_log() -> None:
@@ -363,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 def stop_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (`kill`, `timeout`, a batch scheduler's time limit) ends the run as Ctrl-C does: the running
     kernel is shut down and the unfinished executed copy is removed (by default the process would just die)."""
-    raise SystemExit(128 + signum)
+    raise RunStopped(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotebookRunError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except RunStopped as stopped:
+        print(stopped.message, file=sys.stderr, flush=True)
+        return stopped.code
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2

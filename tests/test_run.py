@@ -15,7 +15,7 @@ def _notebook(path: Path, *sources: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells.append(nbformat.v4.new_markdown_cell("# a throwaway notebook"))
-    params = nbformat.v4.new_code_cell('profile = "unset"\nextra = 1')
+    params = nbformat.v4.new_code_cell('profile = "unset"\nresults_dir = None\nextra = 1')
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
     nb.cells.extend(nbformat.v4.new_code_cell(source) for source in sources)
@@ -151,9 +151,44 @@ def test_unknown_notebook_selection_exits_2(folders, capsys):
     assert "no notebook matches '05'" in capsys.readouterr().err
 
 
+def test_a_successful_run_prints_nothing_from_the_kernel(folders, capfd):
+    """The kernel shares the runner's terminal: a clean run shows no warning (ipykernel's "running over TCP
+    without encryption") and no error from the kernel."""
+    notebooks, results = folders
+    _notebook(notebooks / "01_pass.ipynb", "print('fine')")
+    assert run.main(["--notebooks-dir", str(notebooks), "--results-dir", str(results)]) == 0
+    captured = capfd.readouterr()
+    assert "[1/1] 01_pass ... ok" in captured.out
+    assert "WARNING" not in captured.out and "ERROR" not in captured.out
+    assert captured.err == ""
+
+
+def test_the_kernel_shutdown_sends_no_interrupt(folders, monkeypatch):
+    """jupyter_client interrupts (SIGINT) a kernel before shutting it down; papermill shuts down as soon as the
+    kernel's last reply arrives, so the interrupt can land in the kernel's request handler and log
+    `ERROR | KeyboardInterrupt caught in kernel` after a successful run. The runner's kernels get none."""
+    import signal
+
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+    sent: list[int] = []
+    send_signal = LocalProvisioner.send_signal
+
+    async def recording(self, signum: int) -> None:
+        sent.append(signum)
+        await send_signal(self, signum)
+
+    monkeypatch.setattr(LocalProvisioner, "send_signal", recording)
+    notebooks, results = folders
+    _notebook(notebooks / "01_pass.ipynb", "print('fine')")
+    run.run_notebooks("demo", notebooks_dir=notebooks, results_dir=results, log=lambda _: None)
+    assert signal.SIGINT not in sent
+
+
 def test_a_terminated_run_stops_its_kernel_and_leaves_nothing_half_written(folders, tmp_path):
     """`kill` (SIGTERM, as `timeout` and batch schedulers send it) ends the run as Ctrl-C would: the
-    kernel is shut down and no temporary copy is left beside the executed notebooks."""
+    kernel is shut down, no temporary copy is left beside the executed notebooks, and the run ends with one
+    line saying what it stored (no traceback from the kernel or the runner)."""
     import os
     import signal
     import subprocess
@@ -162,21 +197,26 @@ def test_a_terminated_run_stops_its_kernel_and_leaves_nothing_half_written(folde
 
     notebooks, results = folders
     marker = tmp_path / "kernel_pid"
-    _notebook(notebooks / "01_slow.ipynb",
+    _notebook(notebooks / "01_fast.ipynb", "print('done')")
+    _notebook(notebooks / "02_slow.ipynb",
               f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)")
     runner = subprocess.Popen([sys.executable, "-m", "protoad_lib.run", "--profile", "demo", "--notebooks-dir",
                                str(notebooks), "--results-dir", str(results)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (marker.is_file() and marker.read_text()) and runner.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert marker.is_file(), runner.communicate()[0]
+    assert marker.is_file(), runner.communicate()
     kernel = int(marker.read_text())
     runner.send_signal(signal.SIGTERM)
-    output, _ = runner.communicate(timeout=60)
-    assert runner.returncode != 0, output
+    output, errors = runner.communicate(timeout=60)
+    assert runner.returncode == 128 + signal.SIGTERM, (output, errors)
     executed = results / "demo" / "executed"
     assert not [p.name for p in executed.glob(".*")], output
+    assert [p.name for p in executed.iterdir()] == ["01_fast.ipynb"]
+    assert errors.count("\n") == 1, errors  # no traceback (before: the kernel's ZMQError), one line
+    assert errors.startswith("stopped by SIGTERM in 02_slow after "), errors
+    assert f"stored the executed copies of 01_fast in {executed}" in errors
     for _ in range(50):
         try:
             os.kill(kernel, 0)
@@ -185,3 +225,15 @@ def test_a_terminated_run_stops_its_kernel_and_leaves_nothing_half_written(folde
         time.sleep(0.2)
     else:
         pytest.fail(f"the kernel (pid {kernel}) outlived the run")
+
+
+def test_make_lab_passes_lab_args_to_jupyterlab():
+    """`make lab LAB_ARGS=--allow-root` (JupyterLab refuses to start as root, as in containers)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    recipe = subprocess.run(["make", "-n", "lab", "LAB_ARGS=--allow-root --port 8890"],
+                            cwd=run.REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "jupyter lab notebooks/ --allow-root --port 8890" in recipe
