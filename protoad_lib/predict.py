@@ -140,7 +140,7 @@ def image_notes(item: dict, train_colour_mode: str | None) -> list[str]:
     the training images (`train_colour_mode` "colour" or "grayscale"; "mixed" or None: no note)."""
     notes = []
     if item["reduction"] > 1:
-        notes.append(f"scored at 1/{item['reduction']} size (larger than {MAX_SIDE} px a side): map and overlay too")
+        notes.append(f"scored at 1/{item['reduction']} size, as are its map and overlay (over {MAX_SIDE} px a side)")
     mode = colour_mode(item["mode"])
     if train_colour_mode in ("colour", "grayscale") and mode != train_colour_mode:
         notes.append(f"{mode} image (PIL mode {item['mode']}) but the checkpoint was fitted on {train_colour_mode} "

@@ -1,6 +1,12 @@
 """`protoad predict` on people's own images: own geometry, a calibrated decision, output written as it goes."""
 
+import contextlib
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import psutil
@@ -179,6 +185,72 @@ def test_an_error_in_a_decoding_worker_ends_every_worker(model, category, tmp_pa
               "--batch-size", "1", "--workers", "2"])
     assert kept.traceback
     assert [child for child in psutil.Process().children(recursive=True) if child.pid not in before] == []
+
+
+def _wait_for(condition, what: str, limit_s: float = 120.0) -> None:
+    """Poll `condition` until it holds; fail (not hang) if it never does."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sent, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_ends_predict_with_one_line_and_no_worker_left(sent, status, word, model, category, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    sources = sorted((category / "test").rglob("*.png"))
+    for copy in range(30):
+        for number, source in enumerate(sources):
+            (inputs / f"{copy:02d}_{number}.png").write_bytes(source.read_bytes())
+    out = tmp_path / "out"
+    workers: list[psutil.Process] = []
+    with open(tmp_path / "stderr.txt", "w") as err:  # a file, not a pipe: an orphan would hold a pipe open
+        process = subprocess.Popen(
+            [sys.executable, "-m", "protoad_lib.cli", "predict", "--model", str(model), str(inputs), "--out",
+             str(out), "--workers", "2", "--batch-size", "2"],
+            stdout=subprocess.DEVNULL, stderr=err, env=os.environ | {"TQDM_DISABLE": "1"})
+    try:
+        parent = psutil.Process(process.pid)
+        _wait_for(lambda: len(parent.children()) >= 2 and (out / "scores.csv").is_file()
+                  and len((out / "scores.csv").read_text().splitlines()) > 1, "the first scored image")
+        workers = parent.children(recursive=True)
+        process.send_signal(sent)
+        process.wait(timeout=120)
+        survivors = [worker for worker in workers if worker.is_running()]
+    finally:
+        process.kill()
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+    assert process.returncode == status
+    assert (tmp_path / "stderr.txt").read_text().strip().splitlines() == [
+        f"protoad predict: {word}; {len(read_rows(out))} images kept in {out / 'scores.csv'}; the same command resumes"]
+    assert len(read_rows(out)) < 30 * len(sources)
+    assert survivors == []
+
+
+def test_a_decoding_worker_dies_with_its_parent_however_that_ends(tmp_path):
+    script = (
+        "import multiprocessing, os, time\n"
+        "from protoad_lib.predict import _end_with_parent\n"
+        "def work(ready):\n"
+        "    _end_with_parent(0)\n"
+        "    ready.set()\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    context = multiprocessing.get_context('fork')\n"
+        "    ready = context.Event()\n"
+        "    child = context.Process(target=work, args=(ready,))\n"
+        "    child.start()\n"
+        "    print(child.pid, ready.wait(60), flush=True)\n"
+        "    os._exit(0)  # no cleanup at all, as after SIGKILL\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    worker, ready = result.stdout.split()
+    worker = int(worker)
+    assert ready == "True"
+    _wait_for(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
+              "the orphaned worker to end", limit_s=60)
 
 
 def test_tiny_images_are_refused_with_the_minimum_size(model, category, tmp_path):
