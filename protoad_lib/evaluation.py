@@ -98,8 +98,10 @@ def without_test_samples(data: CategoryData, indices: Sequence[int]) -> Category
 
 def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
                   test_embeddings: torch.Tensor | None = None, full_metrics: bool = False, seen: int = 0,
-                  seed: int = 0, device: str | torch.device = "cpu") -> Scored:
-    """Fit on the cached train embeddings and score the test embeddings, without progress output.
+                  seed: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> Scored:
+    """Fit on the cached train embeddings and score the test embeddings. A fit can take an hour (PRN's
+    epochs, PatchCore's coreset on a paper-size category), so its steps show their bars (elapsed, time left)
+    unless `progress` is False or `TQDM_DISABLE` is set (as the notebooks' demo runs do).
 
     The backbone is skipped: the method's features are taken from the stride-4 embedding; the
     embeddings can be replaced (e.g. a layer subset for ProtoAD, whose features are the embedding).
@@ -110,12 +112,12 @@ def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embedding
     methods fit on the CPU embeddings whatever `device` is.
     """
     train = data.train_embeddings if train_embeddings is None else train_embeddings
-    detector.progress = False
+    detector.progress = progress
     chosen = choose_seen(data.labels, seen, seed) if seen else []
     start = time.perf_counter()
     if detector.fits_on_images:
         pairs = [(data.test[i]["image"], data.test[i]["mask"]) for i in chosen]
-        detector.fit(data.train, progress=False, device=device, **({"seen": pairs} if pairs else {}))
+        detector.fit(data.train, progress=progress, device=device, **({"seen": pairs} if pairs else {}))
         detector.to("cpu")
     elif chosen:
         raise ValueError(f"{detector.method} is training-free: it cannot use seen anomalies")

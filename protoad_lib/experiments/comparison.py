@@ -16,9 +16,10 @@ import torch
 from ..backbones import Backbone
 from ..data import AnomalyDataset, example_indices
 from ..evaluation import CategoryData, fit_and_score
-from ..methods import fitted_size, make_detector, method_names
+from ..methods import fitted_size, make_detector, method_label, method_names
 from ..methods.protoad import ProtoADConfig
 from ..methods.prn import schedule_for
+from ..progress import progress_bar
 from ..session import RunSetup
 
 #: Defect types per category whose first image is kept for the overlay figures.
@@ -117,9 +118,12 @@ def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
         missing = [method for method, result in stored.items() if result is None]
         if missing:
             data = run.load(spec, category)
-            for method in missing:
-                stored[method] = score_method(run.backbone, data, spec.name, method, options, run.device)
-                store.save(asdict(stored[method]), category, method)
+            with progress_bar(total=len(missing), unit="method", enabled=run.progress, leave=False) as bar:
+                for method in missing:  # the bar names the method at work and estimates the category's time left
+                    bar.set_description(f"{category}: {method_label(method)}")
+                    stored[method] = score_method(run.backbone, data, spec.name, method, options, run.device)
+                    store.save(asdict(stored[method]), category, method)
+                    bar.update()
             del data
         tests[category] = run.dataset(spec, category, "test")
         outcomes |= {(category, method): result for method, result in stored.items()}

@@ -113,7 +113,8 @@ class GreedyCoresetSampler:
         )
 
         selected = torch.empty(n_samples, dtype=torch.long, device=points.device)
-        for step in progress_bar(range(n_samples), desc="coreset", enabled=self.progress, leave=False):
+        for step in progress_bar(range(n_samples), desc="coreset", unit="step", enabled=self.progress,
+                                 leave=False):
             index = torch.argmax(min_distance)
             selected[step] = index
             distance = self._distances(points, squared_norms, points[index].unsqueeze(0),

@@ -79,7 +79,7 @@ def train_network(network: nn.Module, logits_of: LogitsOf, images: torch.Tensor,
     order_generator = torch.Generator().manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     history: list[float] = []
-    bar = progress_bar(range(settings.epochs), enabled=progress, desc=description)
+    bar = progress_bar(range(settings.epochs), enabled=progress, desc=description, unit="epoch")
     for _ in bar:
         losses = []
         for batch in torch.randperm(len(images), generator=order_generator).split(settings.batch_size):
