@@ -10,50 +10,12 @@ import time
 from pathlib import Path
 
 from .atomic import write_text_atomically
+from .cli_inputs import CliError, check_test_split, collect_images, report_skipped, training_data
 from .data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from .experiments.measure import peak_rss_mb
 from .methods import REGISTRY, bench_names, method_names
 
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A user-facing problem: printed as one clear message, exit status 2."""
-
-
-def _training_data(args: argparse.Namespace):
-    """The good training images; with `--on-error skip` (the default) unreadable ones are left out and listed
-    in the dataset's `skipped`, and at least `MIN_FIT_IMAGES` must remain."""
-    from .calibration import MIN_FIT_IMAGES
-    from .data import AnomalyDataset, DatasetError, ImageFolderDataset
-
-    on_error = "skip" if args.on_error == "skip" else "raise"
-    try:
-        resize = args.resize or args.image_size
-        if args.train_dir:
-            data = ImageFolderDataset(args.train_dir, resize=resize, crop=args.image_size, on_error=on_error,
-                                      recursive=args.recursive)
-        elif args.data_root and args.category:
-            data = AnomalyDataset(args.data_root, args.category, "train", layout=args.layout, resize=resize,
-                                  crop=args.image_size, on_error=on_error)
-        else:
-            raise CliError("Give --data-root and --category (MVTec AD or BTAD layout), or --train-dir.")
-    except DatasetError as error:
-        raise CliError(str(error)) from error
-    if len(data) < MIN_FIT_IMAGES:
-        source = args.train_dir or Path(args.data_root) / args.category / "train"
-        raise CliError(f"{source}: {len(data)} readable training image(s)"
-                       + (f" ({len(data.skipped)} unreadable, skipped)" if data.skipped else "")
-                       + f"; a fit needs at least {MIN_FIT_IMAGES}.")
-    return data
-
-
-def _report_skipped(skipped: list[tuple[str, str]], used: int) -> None:
-    """Each image left out (on stderr, as predict lists its unreadable ones) and how many the fit uses."""
-    for path, reason in skipped:
-        print(f"  unreadable: {path}: {reason}", file=sys.stderr)
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable training images (listed on stderr); fitting on {used}")
 
 
 def _prn_options(args: argparse.Namespace) -> dict:
@@ -81,8 +43,8 @@ def command_fit(args: argparse.Namespace) -> None:
     from .data import DatasetError
     from .methods import fitted_size, make_detector
 
-    data = _training_data(args)
-    _report_skipped(data.skipped, len(data))
+    data = training_data(args)
+    report_skipped(data.skipped, len(data))
     start = time.perf_counter()
     model = make_detector(args.method, load_backbone(args.backbone), **_fit_options(args))
     try:
@@ -104,31 +66,6 @@ def command_fit(args: argparse.Namespace) -> None:
     print(f"fit time: {elapsed:.1f} s  peak memory: {peak_rss_mb():.0f} MB  checkpoint: {args.out}")
 
 
-def _collect_images(inputs: list[str], recursive: bool, out: Path) -> list[Path]:
-    """The images named or found in `inputs`, none of them inside `out`: a rerun must never score the
-    overlays an earlier run wrote."""
-    from .data import list_images
-
-    out = out.resolve()
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.resolve().is_relative_to(out):
-            raise CliError(f"{path} is inside the output folder {out}, and predict never reads its own output: "
-                           "give an --out outside the input folders.")
-        if path.is_dir():
-            paths.extend(found for found in list_images(path, recursive=recursive)
-                         if not found.resolve().is_relative_to(out))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise CliError(f"{path} is neither an image nor a directory.")
-    if not paths:
-        hint = "" if recursive else " (images in sub-folders are found with --recursive)"
-        raise CliError(f"No images found in {', '.join(inputs)}{hint}.")
-    return paths
-
-
 def command_predict(args: argparse.Namespace) -> None:
     from .calibration import Calibration
     from .checkpoint import CheckpointError, load_detector
@@ -139,7 +76,7 @@ def command_predict(args: argparse.Namespace) -> None:
     except CheckpointError as error:
         raise CliError(str(error)) from error
     out = Path(args.out)
-    paths = _collect_images(args.inputs, args.recursive, out)
+    paths = collect_images(args.inputs, args.recursive, out)
     size = metadata["image_size"]
     if metadata["resize"] != size:
         print(f"note: {args.model} was fitted on centre crops ({size} of {metadata['resize']} px); predict scores "
@@ -172,22 +109,6 @@ def command_predict(args: argparse.Namespace) -> None:
           + (" (listed in unreadable.csv)" if summary.unreadable else "") + f"; overlays and scores.csv in {out}")
 
 
-def _check_test_split(args: argparse.Namespace) -> None:
-    """Image and pixel AUROC rank anomalous images above good ones, so a scored test set without both classes
-    has no metrics: say so before the embedding and fit (minutes), not after them. Only lists files."""
-    from .data import AnomalyDataset, count_samples
-
-    test = AnomalyDataset(args.data_root, args.category, "test", layout=args.layout)
-    counts = count_samples(test)
-    if counts["good"] and counts["anomalous"] > args.seen_anomalies:
-        return
-    seen = f" ({args.seen_anomalies} of them trained on by --seen-anomalies, so not scored)" \
-        if args.seen_anomalies else ""
-    raise CliError(f"{test.category_dir / 'test'} holds {counts['good']} good and {counts['anomalous']} anomalous "
-                   f"images{seen}; AUROC needs both classes in the scored test set: add the missing one "
-                   "(anomalous images with their masks in ground_truth/).")
-
-
 def command_evaluate(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .data import DatasetError
@@ -197,7 +118,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     if args.seen_anomalies and args.method != "prn":
         raise CliError("--seen-anomalies is for trained methods (--method prn)")
     try:
-        _check_test_split(args)
+        check_test_split(args)
         backbone = load_backbone(args.backbone)
         data = load_category(backbone, args.data_root, args.category, layout=args.layout, resize=args.resize,
                              image_size=args.image_size, batch_size=args.batch_size, device=args.device)
@@ -219,18 +140,22 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 def command_bench(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
+    from .data import DatasetError
     from .experiments.bench import format_table, load_images, run_benchmark, save_json, speed_ratios
     from .experiments.fit_scaling import fit_time_vs_images
     from .experiments.scaling import head_cost_vs_k, memory_bank_cost
     from .report.speed_views import fit_time_table
 
-    result = run_benchmark(
-        backbone_name=args.backbone, methods=tuple(args.methods.split(",")), batch_sizes=tuple(args.batch_sizes),
-        device=args.device, data_root=args.data_root, category=args.category, image_size=args.image_size,
-        n_images=args.n_images, repeats=args.repeats, threads=args.threads, warmup=args.warmup,
-        weights=args.weights,
-        options={"anomalib_patchcore": {"coreset_sampler": "ours"}} if args.anomalib_coreset == "ours" else None,
-    )
+    try:
+        result = run_benchmark(
+            backbone_name=args.backbone, methods=tuple(args.methods.split(",")), batch_sizes=tuple(args.batch_sizes),
+            device=args.device, data_root=args.data_root, category=args.category, image_size=args.image_size,
+            n_images=args.n_images, repeats=args.repeats, threads=args.threads, warmup=args.warmup,
+            weights=args.weights,
+            options={"anomalib_patchcore": {"coreset_sampler": "ours"}} if args.anomalib_coreset == "ours" else None,
+        )
+    except DatasetError as error:
+        raise CliError(str(error)) from error
     if args.scaling:
         result["head_cost_vs_k"] = head_cost_vs_k(device=args.device, repeats=args.repeats)
         result["memory_bank_cost"] = memory_bank_cost(repeats=args.repeats)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import asyncio
-import html
 import logging
 import signal
 import sys
@@ -33,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import zmq
-from jupyter_client.manager import AsyncKernelManager
-
-from .atomic import atomic_output, write_text_atomically
+from .atomic import atomic_output
+from .html_pages import write_html_report
+from .kernels import QuietKernelManager
 from .profiles import PROFILES as PROFILE_SETTINGS
 from .profiles import REPO_ROOT
 
@@ -49,7 +46,6 @@ ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's "An Exception was e
 __all__ = [
     "NotebookRunError",
     "NotebookResult",
-    "QuietKernelManager",
     "RunStopped",
     "discover_notebooks",
     "select_notebooks",
@@ -83,35 +79,6 @@ class RunStopped(SystemExit):
         super().__init__(128 + signum)
         self.signum = signum
         self.message = message or f"stopped by {signal.Signals(signum).name}"
-
-
-class QuietKernelManager(AsyncKernelManager):
-    """The runner's kernels, which put nothing on the terminal but what the notebooks print.
-
-    CurveZMQ keys encrypt the kernel's local TCP sockets (without them ipykernel warns at every start). A shutdown
-    skips jupyter_client's SIGINT: papermill shuts the kernel down as soon as its last reply arrives, so the
-    interrupt lands while the kernel is still leaving that request (logged as `ERROR | KeyboardInterrupt caught
-    in kernel` after a successful run) or, in a stopped run, inside the running cell, which then replies on closed
-    sockets (a `ZMQError` traceback); the kernel gets the shutdown request, then SIGTERM. A stopped run's wait for
-    the running cell is cancelled first, or it would see the kernel go and log `Kernel died` and a lost task.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if zmq.has("curve"):
-            self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
-
-    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
-        """Cancel what still waits on the kernel (a stopped run's running cell), then shut the kernel down."""
-        waiting = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in waiting:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
-        await super().shutdown_kernel(now=now, restart=restart)
-
-    async def _async_interrupt_kernel(self) -> None:
-        if not self.shutting_down:
-            await super()._async_interrupt_kernel()
 
 
 @dataclass(frozen=True)
@@ -348,31 +315,6 @@ def _stream_papermill_log() -> None:
         handler._protoad = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def write_html_report(results: Sequence[NotebookResult], html_dir: Path, profile: str) -> Path:
-    """Each executed notebook as a static HTML page (figures embedded) and an ``index.html`` linking them."""
-    from nbconvert import HTMLExporter
-    import nbformat
-
-    html_dir = Path(html_dir)
-    exporter = HTMLExporter()
-    rows = []
-    for result in results:
-        page, _ = exporter.from_notebook_node(nbformat.read(result.executed_path, as_version=4))
-        target = html_dir / f"{result.name}.html"
-        write_text_atomically(target, page)
-        rows.append(f'<li><a href="{html.escape(target.name)}">{html.escape(result.name)}</a> '
-                    f"({result.seconds:.0f} s)</li>")
-    index = html_dir / "index.html"
-    body = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ProtoAD replication: {html.escape(profile)} "
-            f"profile</title></head><body><h1>ProtoAD replication, {html.escape(profile)} profile</h1>"
-            f"<p>The executed notebooks of this run, in order:</p><ol>{''.join(rows)}</ol></body></html>\n")
-    write_text_atomically(index, body)
-    return index
 
 
 # --------------------------------------------------------------------------- command line

@@ -16,7 +16,7 @@ FLOORS = [
     {"profiles", "session", "caches"},
     {"experiments"},
     {"report"},
-    {"cli", "run", "predict"},
+    {"cli", "cli_inputs", "run", "kernels", "html_pages", "predict"},
 ]
 
 
