@@ -111,11 +111,12 @@ class RunSetup:
         return self.results_dir / name
 
     def embeddings(self, spec: DatasetSpec, category: str, split: str) -> tuple[torch.Tensor, Path]:
-        """Stride-4 embeddings `[N, C, h, w]` of a split from the shared cache (extracted silently on a miss)."""
+        """Stride-4 embeddings `[N, C, h, w]` of a split from the shared cache (extracted on a miss, with a bar
+        unless the run is quiet: at paper scale a category's extraction takes minutes)."""
         dataset = self.dataset(spec, category, split)
         key = CacheKey.of(spec.name, category, split, self.backbone, dataset)
         features = self.cache.get_or_extract(key, self.backbone, dataset, self.profile.batch_size, self.device,
-                                             progress=False)
+                                             progress=self.progress)
         return features, self.cache.path(key)
 
     def load(self, spec: DatasetSpec, category: str) -> CategoryData:
@@ -123,7 +124,7 @@ class RunSetup:
         return load_category(self.backbone, self.root(spec), category, layout=spec.layout,
                              resize=self.profile.resize, image_size=self.profile.image_size,
                              batch_size=self.profile.batch_size, device=self.device, cache=self.cache,
-                             dataset_name=spec.name, progress=False)
+                             dataset_name=spec.name, progress=self.progress)
 
     def each_category(self, what: str = "categories") -> Iterator[tuple[DatasetSpec, str]]:
         """The run's categories one at a time, with a progress bar (elapsed, estimate of the time left)

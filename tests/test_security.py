@@ -198,12 +198,18 @@ def test_notebook_categories_parameter_refuses_a_path(categories: str | list[str
         setup("demo", categories)
 
 
+@pytest.mark.parametrize("command", [
+    ["fit", "--out", "model.safetensors"],
+    ["evaluate"],
+    ["bench", "--weights", "random", "--methods", "protoad"],
+])
 def test_command_line_refuses_a_category_path_with_status_2(
-    tiny_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: list[str], tiny_benchmark: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli.main(["fit", "--data-root", str(tiny_benchmark), "--category", "../../x",
-                     "--out", str(tmp_path / "model.safetensors")])
+    monkeypatch.chdir(tmp_path)
+    code = cli.main([*command, "--data-root", str(tiny_benchmark), "--category", "../../x"])
 
     assert code == 2
-    assert "protoad fit: error: category '../../x' is not a folder name" in capsys.readouterr().err
+    assert f"protoad {command[0]}: error: category '../../x' is not a folder name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

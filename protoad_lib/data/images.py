@@ -68,8 +68,7 @@ def _open_loaded(path: Path, what: str, prepare: Callable[[Image.Image], None] |
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(
             f"cannot read {what} {path}: {type(exc).__name__}: {exc}. The file is unreadable "
-            "or truncated; re-download or replace it, or leave it out (`protoad fit --on-error skip`; "
-            "Python: on_error='skip')."
+            "or truncated; re-download or replace it."
         ) from exc
 
 

@@ -98,7 +98,11 @@ class RecordDataset(Dataset):
 
     def load_sample(self, index: int) -> dict[str, Any]:
         rec = self.samples[index]
-        image = load_rgb(rec.path)
+        try:
+            image = load_rgb(rec.path)
+        except CorruptImageError as error:  # raise mode: say how to go on without the file
+            raise CorruptImageError(f"{error} Or leave such files out: `protoad fit --on-error skip` "
+                                    "(Python: on_error='skip').") from error
         mask = None
         if rec.mask_path is not None:
             mask = load_mask(rec.mask_path)
