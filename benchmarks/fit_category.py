@@ -17,7 +17,7 @@ import torch
 from protoad_lib.backbones import load_backbone
 from protoad_lib.data import AnomalyDataset
 from protoad_lib.data.synthetic import generate_mini_benchmark
-from protoad_lib.experiments.measure import peak_rss_mb
+from protoad_lib.measure import peak_rss_mb
 from protoad_lib.features import extract_features
 from protoad_lib.methods import ProtoAD
 

@@ -18,8 +18,8 @@ import torch
 from protoad_lib.atomic import write_text_atomically
 from protoad_lib.backbones import load_backbone
 from protoad_lib.experiments.bench import load_images
-from protoad_lib.experiments.machine import environment
-from protoad_lib.experiments.measure import p50, time_interleaved
+from protoad_lib.machine import environment
+from protoad_lib.measure import p50, time_interleaved
 from protoad_lib.methods.protoad import ProtoAD, ProtoADConfig
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from .atomic import write_text_atomically
 from .cli_inputs import CliError, check_test_split, collect_images, report_skipped, training_data
 from .data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_SIDE
-from .experiments.measure import peak_rss_mb
+from .measure import peak_rss_mb
 from .methods import REGISTRY, bench_names, method_names
 
 EXIT_USAGE = 2

@@ -78,7 +78,7 @@ def test_percentiles():
 
 PEAK_PROBE = """
 import torch
-from protoad_lib.experiments import measure
+from protoad_lib import measure
 with measure.PeakMemory("cpu") as memory:
     block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
     block += 1

@@ -10,7 +10,7 @@ from PIL import Image
 from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import read_checkpoint, save_detector
 from protoad_lib.data import AnomalyDataset
-from protoad_lib.experiments.machine import set_threads
+from protoad_lib.machine import set_threads
 from protoad_lib.features import embed
 from protoad_lib.methods.prn import (PRN, SCHEDULES, AnomalySynthesiser, PRNetwork, blend_region, choose_seen,
                                      paste_seen, perlin_noise, procedural_texture, prototype_count)

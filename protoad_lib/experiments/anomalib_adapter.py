@@ -27,14 +27,6 @@ class _BackboneAsTimmExtractor(nn.Module):
         return {name: named[name] for name in self.layers}
 
 
-def anomalib_version() -> str | None:
-    try:
-        import anomalib
-    except Exception:  # noqa: BLE001 - not installed or broken: skipped
-        return None
-    return str(getattr(anomalib, "__version__", "unknown"))
-
-
 class AnomalibDetector(nn.Module):
     """anomalib's own torch model (`PatchcoreModel` / `PadimModel`, anomalib 2.7) with our backbone swapped in.
 

@@ -19,8 +19,8 @@ from ..methods import AnomalyDetector, bench_names, fitted_size, make_detector
 from ..profiles import Profile
 from ..progress import progress_bar
 from .anomalib_adapter import AnomalibDetector
-from .machine import environment, loadavg, set_threads
-from .measure import PeakMemory, is_cuda, memory_in_use_mb, p50, p95, synchronize, time_interleaved
+from ..machine import environment, loadavg, set_threads
+from ..measure import PeakMemory, is_cuda, memory_in_use_mb, p50, p95, synchronize, time_interleaved
 
 TIMING_NOTE = (
     "p50_ms / p95_ms / min_ms: per-BATCH wall-clock latency of detector(images01) (backbone included), "

@@ -8,7 +8,7 @@ import torch
 
 from ..backbones import Backbone
 from ..progress import progress_bar
-from .anomalib_adapter import anomalib_version
+from ..machine import anomalib_version
 from .bench import ANOMALIB_METHODS, fit_method, peer_failure
 
 FIT_METHODS: tuple[str, ...] = ("protoad", "patchcore_10", "padim", "npad")

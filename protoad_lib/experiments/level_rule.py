@@ -14,7 +14,7 @@ from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig
 from ..methods.protoad.level_choice import choose_level, held_out_vectors
 from ..methods.protoad.prototypes import cluster_prototypes, gather_vectors, training_indices
-from .measure import p50, time_callable
+from ..measure import p50, time_callable
 
 MARGINS: tuple[float | None, ...] = (None, 0.25, 0.5, 1.0)
 

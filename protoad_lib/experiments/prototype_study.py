@@ -16,7 +16,7 @@ import torch
 
 from ..methods.protoad import ProtoAD, nearest_prototype_distance
 from ..methods.protoad.prototypes import DEFAULT_MAX_PROTOTYPES, FinchHierarchy, finch_hierarchy
-from .measure import PeakMemory
+from ..measure import PeakMemory
 
 
 @dataclass

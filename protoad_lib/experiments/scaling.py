@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..methods.protoad import PrototypeHead
 from ..progress import progress_bar
-from .measure import p50, p95, time_callable
+from ..measure import p50, p95, time_callable
 
 
 def head_cost_vs_k(

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from .anomalib_adapter import anomalib_version
 from .measure import is_cuda
 
 
@@ -30,6 +29,15 @@ def loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def anomalib_version() -> str | None:
+    """The installed anomalib's version (None when it is not installed: the peers' rows are skipped)."""
+    try:
+        import anomalib
+    except Exception:  # noqa: BLE001 - not installed or broken: skipped
+        return None
+    return str(getattr(anomalib, "__version__", "unknown"))
 
 
 def environment(device: str | torch.device, threads: int | None = None) -> dict[str, Any]:
