@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 import sys
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,12 +35,31 @@ def time_callable(fn: Callable[[], Any], warmup: int = 2, repeats: int = 10,
     return time_interleaved({"fn": fn}, warmup, repeats, device, budget_s, min_repeats)["fn"]
 
 
-def _timed(fn: Callable[[], Any], device: str | torch.device) -> float:
+@dataclass
+class Stopwatch:
+    """What `stopwatch()` measured: wall seconds of its block (0 until the block ends)."""
+
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def stopwatch(device: str | torch.device = "cpu") -> Iterator[Stopwatch]:
+    """Time one block once (a fit, a category): `with stopwatch() as watch: ...`, then `watch.seconds`.
+    Queued CUDA work on `device` is waited for at both ends, so it counts in the block that launched it."""
+    watch = Stopwatch()
     synchronize(device)
     start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
+    try:
+        yield watch
+    finally:
+        synchronize(device)
+        watch.seconds = time.perf_counter() - start
+
+
+def _timed(fn: Callable[[], Any], device: str | torch.device) -> float:
+    with stopwatch(device) as watch:
+        fn()
+    return watch.seconds
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 10,

@@ -183,6 +183,10 @@ def pixel_f1(masks: ArrayLike, maps: ArrayLike) -> float:
     return f1_max(masks, maps)
 
 
+#: The three numbers every table reports per method and category (fractions in [0, 1]).
+HEADLINE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
 def evaluate_all(labels: ArrayLike, image_scores: ArrayLike, masks: ArrayLike, maps: ArrayLike) -> dict[str, float]:
     """All metrics as fractions in [0, 1]: image_auroc, pixel_auroc, aupro, image_f1, pixel_f1."""
     labels, image_scores = _image_inputs(labels, image_scores)

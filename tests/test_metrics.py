@@ -232,3 +232,4 @@ def test_single_class_raises():
 def test_non_binary_labels_raise():
     with pytest.raises(ValueError, match="binary"):
         image_auroc(np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3]))
+
