@@ -31,8 +31,8 @@ from .data import CorruptImageError, DatasetLayoutError
 from .data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, colour_mode, load_bounded
 from .data.transforms import PairedTransform
 from .methods import AnomalyDetector
+from .overlays import decision_overlay
 from .progress import progress_bar
-from .report.overlays import decision_overlay
 
 CSV_FIELDS = ("image", "score", "threshold", "anomalous", "anomalous_area", "note")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

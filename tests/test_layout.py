@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "protoad_lib"
 #: Lowest first; a module may import its own floor and the floors below.
 FLOORS = [
     {"atomic", "progress", "measure", "machine", "resume", "data"},
-    {"backbones", "postprocess", "metrics"},
+    {"backbones", "postprocess", "metrics", "overlays"},
     {"features"},
     {"methods"},
     {"evaluation", "calibration", "checkpoint"},

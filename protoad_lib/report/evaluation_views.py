@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from ..data import example_indices
 from ..experiments.comparison import EXAMPLE_DEFECTS, Evaluation
 from ..methods import REGISTRY, method_label, method_names
+from ..overlays import overlay
 from ..session import RunSetup
-from .overlays import overlay
 
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",

@@ -19,7 +19,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from ..experiments.prototype_study import TimedHierarchy
 from ..methods.protoad.prototypes import DEFAULT_MAX_PROTOTYPES, FinchHierarchy, cluster_prototypes
-from .overlays import overlay
+from ..overlays import overlay
 
 
 # --------------------------------------------------------------------------- FINCH hierarchy

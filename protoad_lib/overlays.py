@@ -1,4 +1,4 @@
-"""Heat-map overlays of anomaly maps on their images."""
+"""Heat-map overlays of anomaly maps on their images: the notebooks' figures and `protoad predict`'s files draw them the one way."""
 
 from __future__ import annotations
 
