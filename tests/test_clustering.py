@@ -101,9 +101,9 @@ def test_training_vectors_gather_the_same_rows_as_the_full_flattening(subsamplin
 
 
 def test_level_choice_takes_the_coarsest_level_within_the_margin_of_held_out_distance():
-    from protoad_lib.methods.protoad.level_choice import choose_level, held_out_vectors, mean_distance
+    from protoad_lib.methods.protoad.level_choice import choose_level, mean_distance
     from protoad_lib.methods.protoad.prototypes import (
-        build_prototypes, cluster_prototypes, finch_hierarchy, training_indices, training_vectors,
+        build_prototypes, cluster_prototypes, finch_hierarchy, held_out_vectors, training_indices, training_vectors,
     )
 
     features = torch.randn(4, 16, 10, 10, generator=torch.Generator().manual_seed(5))
@@ -125,3 +125,50 @@ def test_level_choice_takes_the_coarsest_level_within_the_margin_of_held_out_dis
     chosen = build_prototypes(features, max_vectors=150, level_margin=10.0, progress=False)
     assert chosen.level == len(hierarchy.num_clusters) - 1 and chosen.info["held_out_distance"]
     assert choose_level(hierarchy, vectors, held_out[:0], 1, 0.5) == (1, {})
+
+
+def test_prototype_inputs_are_what_the_fit_clustered_and_the_level_rule_measured():
+    """The one recipe (`prototype_inputs`) gives the subsample, hierarchy and held-out vectors that the steps
+    spelled out by hand give (as `ablations` and `level_rule` did before), and `build_prototypes` uses it."""
+    from dataclasses import replace
+
+    from protoad_lib.methods.protoad import ProtoADConfig
+    from protoad_lib.methods.protoad.level_choice import choose_level
+    from protoad_lib.methods.protoad.prototypes import (
+        gather_vectors, held_out_vectors, prototype_inputs, training_indices,
+    )
+
+    features = torch.randn(5, 16, 9, 9, generator=torch.Generator().manual_seed(2))
+    config = ProtoADConfig(max_vectors=200, seed=3)
+    inputs = prototype_inputs(features, config, progress=False)
+    used = training_indices(features, 200, "stratified", seed=3)
+    vectors = gather_vectors(features, used)
+    assert np.array_equal(inputs.used, used) and np.array_equal(inputs.vectors, vectors)
+    assert np.array_equal(inputs.held_out, held_out_vectors(features, used, 3))
+    hierarchy = finch_hierarchy(vectors, progress=False)
+    assert np.array_equal(inputs.hierarchy.labels, hierarchy.labels)
+    assert inputs.hierarchy.num_clusters == hierarchy.num_clusters
+    finest = hierarchy.default_level(config.max_prototypes)
+    for margin in (None, 0.0, 0.5, 10.0):
+        expected = finest if margin is None else choose_level(hierarchy, vectors, inputs.held_out, finest, margin)[0]
+        assert inputs.level_for(replace(config, level_margin=margin))[0] == expected
+    assert inputs.level_for(replace(config, level=0)) == (0, None)
+    fitted = build_prototypes(features, max_vectors=200, seed=3, level_margin=0.5, progress=False)
+    level, distances = inputs.level_for(config)
+    assert fitted.level == level and fitted.info["held_out_distance"] == distances
+    assert np.array_equal(fitted.prototypes, cluster_prototypes(vectors, hierarchy.level_labels(level)))
+    reused = prototype_inputs(features, config, fitted.hierarchy, held_out=False)
+    assert reused.hierarchy is fitted.hierarchy and reused.held_out is None
+    assert prototype_inputs(features, replace(config, method="kmeans", k=4)).hierarchy is None
+
+
+def test_level_choice_and_the_recipe_import_one_way():
+    """`level_choice` works on plain arrays and never imports the recipe (`prototypes` imports it)."""
+    import ast
+    from pathlib import Path
+
+    import protoad_lib.methods.protoad.level_choice as level_choice
+
+    tree = ast.parse(Path(level_choice.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "prototypes" not in imported and "network" not in imported

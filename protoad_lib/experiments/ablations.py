@@ -10,21 +10,21 @@ deterministic: subsampling, k-means, coreset and random prototypes are seeded by
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ..backbones import Backbone
 from ..evaluation import CategoryData, Scored, load_category, score
 from ..features import FeatureCache, combine_layers
+from ..measure import stopwatch
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
-from ..methods.protoad.prototypes import cluster_prototypes, training_vectors
+from ..methods.protoad.prototypes import cluster_prototypes, prototype_inputs
+from ..metrics import HEADLINE_METRICS
 from ..profiles import DatasetSpec
 from ..resume import ResultStore
 from ..session import RunSetup
@@ -33,8 +33,8 @@ from .level_rule import level_rule_ablation
 from .npad_ablations import npad_ablation
 from .prn_ablation import prn_ablation
 
-#: The metrics every ablation reports (fractions).
-METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro")
+#: The metrics every ablation reports (fractions): the headline triple.
+METRIC_COLUMNS = HEADLINE_METRICS
 
 
 # --------------------------------------------------------------------------- fit and score
@@ -124,11 +124,6 @@ def layer_ablation(backbone: Backbone, categories: Sequence[CategoryData],
 # --------------------------------------------------------------------------- FINCH level / K
 
 
-def _training_vectors(features: torch.Tensor, config: ProtoADConfig) -> np.ndarray:
-    """The unit vectors `build_prototypes` clusters for `config` (same subsample, recomputed)."""
-    return training_vectors(features, config.max_vectors, config.subsampling, config.seed)
-
-
 def finch_level_ablation(backbone: Backbone, categories: Sequence[CategoryData],
                          config: ProtoADConfig | None = None,
                          fits: Mapping[str, ProtoAD] | None = None) -> pd.DataFrame:
@@ -146,8 +141,8 @@ def finch_level_ablation(backbone: Backbone, categories: Sequence[CategoryData],
         if prototype_set is None or prototype_set.hierarchy is None:
             raise ValueError(f"{data.name}: the reference fit has no FINCH hierarchy (method must be 'finch')")
         settings = fitted.settings
-        vectors = _training_vectors(data.train_embeddings, settings)
         hierarchy = prototype_set.hierarchy
+        vectors = prototype_inputs(data.train_embeddings, settings, hierarchy, held_out=False).vectors
         for level, k in enumerate(hierarchy.num_clusters):
             prototypes = torch.from_numpy(cluster_prototypes(vectors, hierarchy.level_labels(level)))
             detector = ProtoAD(backbone, sigma=fitted.sigma, config=replace(settings, level=level),
@@ -352,9 +347,9 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
 
 def timed(compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
     """`compute()` and the seconds it took (one decimal)."""
-    start = time.perf_counter()
-    table = compute()
-    return table, round(time.perf_counter() - start, 1)
+    with stopwatch() as watch:
+        table = compute()
+    return table, round(watch.seconds, 1)
 
 
 def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> dict[str, pd.DataFrame]:

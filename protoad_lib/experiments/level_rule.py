@@ -12,9 +12,9 @@ from ..backbones import Backbone
 from ..evaluation import CategoryData, score
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig
-from ..methods.protoad.level_choice import choose_level, held_out_vectors
-from ..methods.protoad.prototypes import cluster_prototypes, gather_vectors, training_indices
+from ..methods.protoad.prototypes import cluster_prototypes, prototype_inputs
 from ..measure import p50, time_callable
+from ..metrics import HEADLINE_METRICS
 
 MARGINS: tuple[float | None, ...] = (None, 0.25, 0.5, 1.0)
 
@@ -37,18 +37,14 @@ def level_rule_ablation(backbone: Backbone, categories: Sequence[CategoryData], 
     for data in categories:
         fitted = fits[data.name]
         settings: ProtoADConfig = fitted.settings
-        hierarchy = fitted.prototype_set.hierarchy
-        used = training_indices(data.train_embeddings, settings.max_vectors, settings.subsampling, settings.seed)
-        vectors = gather_vectors(data.train_embeddings, used)
-        held_out = held_out_vectors(data.train_embeddings, used, settings.seed)
-        finest = hierarchy.default_level(settings.max_prototypes)
+        inputs = prototype_inputs(data.train_embeddings, settings, fitted.prototype_set.hierarchy, held_out=True)
         for margin in margins:
-            level = finest if margin is None else choose_level(hierarchy, vectors, held_out, finest, margin)[0]
-            prototypes = torch.from_numpy(cluster_prototypes(vectors, hierarchy.level_labels(level)))
+            level, _ = inputs.level_for(replace(settings, level=None, level_margin=margin))
+            prototypes = torch.from_numpy(cluster_prototypes(inputs.vectors, inputs.hierarchy.level_labels(level)))
             detector = ProtoAD(backbone, sigma=fitted.sigma, prototypes=prototypes,
                                config=replace(settings, level=level, level_margin=margin)).eval()
             scored = score(detector, data)
             rows.append({"ablation": "level_rule", "setting": "budget only" if margin is None else f"margin {margin:g}",
                          "category": data.name, "level": level, "head_ms": head_ms(detector, data, repeats),
-                         "K": detector.k, **{m: scored.metrics[m] for m in ("image_auroc", "pixel_auroc", "aupro")}})
+                         "K": detector.k, **{m: scored.metrics[m] for m in HEADLINE_METRICS}})
     return pd.DataFrame(rows)

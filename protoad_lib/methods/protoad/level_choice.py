@@ -1,33 +1,34 @@
 """A FINCH level chosen by data: the coarsest partition whose held-out normal patches stay (almost) as close
-to a prototype as at the finest allowed level, so the head has fewer prototypes to compare against."""
+to a prototype as at the finest allowed level, so the head has fewer prototypes to compare against.
+
+Plain arrays in, plain numbers out: the held-out vectors themselves are gathered by the recipe
+(`prototypes.prototype_inputs`), which imports this module (never the other way round)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .prototypes import FinchHierarchy, cluster_prototypes, gather_vectors
+from ..components import nearest_cosine
+from .hierarchy import FinchHierarchy, cluster_prototypes
 
 HELD_OUT_VECTORS = 20_000
 CHUNK = 4096
 
 
-def held_out_vectors(features: torch.Tensor, used: np.ndarray, seed: int, count: int = HELD_OUT_VECTORS) -> np.ndarray:
-    """Up to `count` L2-normalised patch vectors of the training images that the clustering did not see
-    (seeded; empty when it saw them all)."""
-    n_images, _, height, width = features.shape
-    unused = np.setdiff1d(np.arange(n_images * height * width), used, assume_unique=True)
+def unseen_indices(n_vectors: int, used: np.ndarray, seed: int, count: int = HELD_OUT_VECTORS) -> np.ndarray:
+    """Up to `count` sorted indices in [0, n_vectors) that are not in `used` (the vectors the clustering saw),
+    drawn seeded (`seed + 1`) when there are more; empty when it saw them all."""
+    unused = np.setdiff1d(np.arange(n_vectors), used, assume_unique=True)
     if len(unused) > count:
         unused = np.sort(np.random.default_rng(seed + 1).choice(unused, size=count, replace=False))
-    return gather_vectors(features, unused) if len(unused) else np.empty((0, features.shape[1]), np.float32)
+    return unused
 
 
 def mean_distance(vectors: np.ndarray, prototypes: np.ndarray) -> float:
     """Mean over `vectors` (unit rows) of 1 - the largest cosine similarity to a prototype (unit rows)."""
-    units = torch.from_numpy(prototypes)
-    best = [1.0 - (torch.from_numpy(vectors[i : i + CHUNK]) @ units.T).amax(dim=1)
-            for i in range(0, len(vectors), CHUNK)]
-    return float(torch.cat(best).double().mean())
+    distances, _ = nearest_cosine(torch.from_numpy(vectors), torch.from_numpy(prototypes), CHUNK)
+    return float(distances.double().mean())
 
 
 def choose_level(hierarchy: FinchHierarchy, vectors: np.ndarray, held_out: np.ndarray, finest: int, margin: float,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...backbones import Backbone
-from .prototypes import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, PrototypeSet, build_prototypes
+from ..components import nearest_cosine
+from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, ProtoADConfig
+from .prototypes import PrototypeSet, build_prototypes
 from ..base import AnomalyDetector
 from ...features import combine_layers
 
@@ -129,27 +131,6 @@ class PrototypeHead(nn.Module):
         return 1.0 - best / squared_norm[..., 0].sqrt().clamp_min(1e-12)
 
 
-@dataclass
-class ProtoADConfig:
-    """How the prototypes are built (FINCH by default; the others are ablations).
-
-    FINCH level (unless `level` is given): the finest with at most `max_prototypes` clusters, then, with
-    `level_margin` (default 0.5), the coarsest level above it whose held-out normal patches are on average
-    at most 1.5x as far from their nearest prototype (`level_choice`; None: the budget rule alone).
-    """
-
-    method: str = "finch"
-    k: int | None = None
-    level: int | None = None
-    max_prototypes: int = DEFAULT_MAX_PROTOTYPES
-    max_vectors: int = DEFAULT_MAX_VECTORS
-    subsampling: str = "stratified"
-    knn_index: str = "exact"
-    seed: int = 0
-    image_score: str = "max"
-    level_margin: float | None = 0.5
-
-
 class ProtoAD(AnomalyDetector):
     """Training-free prototype network; `s_ij = 1 - max_k cos(x_ij, m_k)`, map smoothed with sigma 4."""
 
@@ -223,7 +204,7 @@ def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor,
     for chunk in features.split(batch_size):
         batch, channels, height, width = chunk.shape
         patches = F.normalize(chunk.permute(0, 2, 3, 1).reshape(-1, channels).double(), dim=1)
-        distances.append((1.0 - (patches @ units.T).max(dim=1).values).view(batch, height, width).float())
+        distances.append(nearest_cosine(patches, units)[0].view(batch, height, width).float())
     return torch.cat(distances)
 
 
@@ -234,5 +215,5 @@ def prototype_usage(features: torch.Tensor, prototypes: torch.Tensor, batch_size
     counts = np.zeros(prototypes.shape[0], dtype=np.int64)
     for chunk in features.split(batch_size):
         patches = F.normalize(chunk.permute(0, 2, 3, 1).reshape(-1, chunk.shape[1]), dim=1)
-        counts += np.bincount((patches @ units.T).argmax(dim=1).numpy(), minlength=prototypes.shape[0])
+        counts += np.bincount(nearest_cosine(patches, units)[1].numpy(), minlength=prototypes.shape[0])
     return counts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -12,10 +11,13 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from ...measure import stopwatch
 from ...progress import progress_bar
+from ..components import kmeans
+from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, ProtoADConfig
+from .hierarchy import FinchHierarchy, cluster_prototypes, l2_normalise
+from .level_choice import HELD_OUT_VECTORS, choose_level, unseen_indices
 
-DEFAULT_MAX_VECTORS = 60_000
-DEFAULT_MAX_PROTOTYPES = 1_000
 SUBSAMPLING_STRATEGIES = ("none", "random", "stratified", "coreset")
 PROTOTYPE_METHODS = ("finch", "kmeans", "coreset", "random")
 
@@ -48,11 +50,6 @@ def training_vectors(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECT
     """The L2-normalised patch vectors prototypes are built from: a subsample of [N, C, h, w] features,
     gathered from the maps, so memory beyond the features is only what is kept."""
     return gather_vectors(features, training_indices(features, max_vectors, subsampling, seed))
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def subsample_indices(
@@ -114,24 +111,6 @@ def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int 
     return neighbours
 
 
-@dataclass
-class FinchHierarchy:
-    """Every FINCH partition level: labels [N, L] and the number of clusters per level."""
-
-    labels: np.ndarray
-    num_clusters: list[int]
-
-    def level_labels(self, level: int) -> np.ndarray:
-        return self.labels[:, level]
-
-    def default_level(self, max_prototypes: int = DEFAULT_MAX_PROTOTYPES) -> int:
-        """The finest level with at most `max_prototypes` clusters (the coarsest level if none is)."""
-        for level, k in enumerate(self.num_clusters):
-            if k <= max_prototypes:
-                return level
-        return len(self.num_clusters) - 1
-
-
 def _finch_steps():
     """finch-clust's own graph and merge steps (imported quietly: its optional ANN backend is not needed)."""
     with warnings.catch_warnings():
@@ -170,21 +149,68 @@ def finch_hierarchy(vectors: np.ndarray, index: str = "exact", progress: bool = 
     return FinchHierarchy(labels=np.stack(labels, axis=1), num_clusters=counts)
 
 
-def cluster_prototypes(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """L2-normalised mean of the (unit) vectors of each cluster, in label order."""
-    _, inverse = np.unique(labels, return_inverse=True)
-    sums = np.zeros((inverse.max() + 1, vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, vectors)
-    return l2_normalise(sums)
+def held_out_vectors(features: torch.Tensor, used: np.ndarray, seed: int, count: int = HELD_OUT_VECTORS) -> np.ndarray:
+    """Up to `count` L2-normalised patch vectors of the training images [N, C, h, w] that the clustering did not
+    see (`used`; seeded, `level_choice.unseen_indices`; empty when it saw them all)."""
+    n_images, channels, height, width = features.shape
+    unused = unseen_indices(n_images * height * width, used, seed, count)
+    return gather_vectors(features, unused) if len(unused) else np.empty((0, channels), np.float32)
 
 
 def kmeans_prototypes(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means (faiss); returns unit centroids and each vector's label."""
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, verbose=False,
-                          min_points_per_centroid=1)
-    kmeans.train(vectors)
-    _, labels = kmeans.index.search(vectors, 1)
-    return l2_normalise(kmeans.centroids), labels[:, 0]
+    """Spherical k-means (faiss, its default subsampling to 256 vectors per centroid); returns unit centroids and
+    each vector's label."""
+    clustering = kmeans(vectors, k, seed, iterations, spherical=True, every_vector=False)
+    _, labels = clustering.index.search(vectors, 1)
+    return l2_normalise(clustering.centroids), labels[:, 0]
+
+
+@dataclass
+class PrototypeInputs:
+    """What ProtoAD's prototypes are built from for one configuration (`prototype_inputs`).
+
+    `used`: sorted image-major indices of the subsampled patch vectors; `vectors` [len(used), C]: those
+    vectors, L2-normalised (what every prototype method clusters or picks from); `hierarchy`: FINCH on
+    `vectors` (None unless asked for); `held_out` [<= 20,000, C]: unit patch vectors the subsample left
+    out, which the level rule measures (None unless asked for)."""
+
+    used: np.ndarray
+    vectors: np.ndarray
+    hierarchy: FinchHierarchy | None = None
+    held_out: np.ndarray | None = None
+
+    def level_for(self, config: ProtoADConfig) -> tuple[int, dict[int, float] | None]:
+        """The FINCH level `config` gives, and the held-out distance of each level the rule examined (None
+        without the rule): its `level`, else the finest within `max_prototypes`, moved up by the held-out level
+        rule (`level_choice.choose_level`) when `level_margin` is set and held-out vectors were gathered."""
+        if config.level is not None:
+            return config.level, None
+        level = self.hierarchy.default_level(config.max_prototypes)
+        if config.level_margin is None or self.held_out is None:
+            return level, None
+        return choose_level(self.hierarchy, self.vectors, self.held_out, level, config.level_margin)
+
+
+def prototype_inputs(features: torch.Tensor, config: ProtoADConfig, hierarchy: FinchHierarchy | None = None,
+                     held_out: bool | None = None, progress: bool = True) -> PrototypeInputs:
+    """ProtoAD's prototype recipe up to the clustering, for training features [N, C, h, w] and `config`: the
+    subsample (`max_vectors`, `subsampling`, `seed`) gathered as unit vectors, FINCH's hierarchy of them
+    (`knn_index`) and the held-out vectors of the level rule.
+
+    `hierarchy`: one already computed for the same features and config (e.g. a fit's `PrototypeSet.hierarchy`)
+    is reused; None (default) runs FINCH when `config.method` is "finch".
+    `held_out`: None (default) gathers them when `config` applies the level rule (FINCH, no fixed `level`, a
+    `level_margin`); True / False always / never. `build_prototypes` runs exactly this, so an ablation that
+    calls it sees what the fit saw."""
+    used = training_indices(features, config.max_vectors, config.subsampling, config.seed)
+    vectors = gather_vectors(features, used)
+    finch = config.method == "finch"
+    if hierarchy is None and finch:
+        hierarchy = finch_hierarchy(vectors, index=config.knn_index, progress=progress)
+    if held_out is None:
+        held_out = finch and config.level is None and config.level_margin is not None
+    unseen = held_out_vectors(features, used, config.seed) if held_out else None
+    return PrototypeInputs(used, vectors, hierarchy, unseen)
 
 
 @dataclass
@@ -216,7 +242,7 @@ def build_prototypes(
     progress: bool = True,
     level_margin: float | None = None,
 ) -> PrototypeSet:
-    """Prototypes from training features [N, C, h, w].
+    """Prototypes from training features [N, C, h, w] (`prototype_inputs`, then the method).
 
     FINCH: `level` picks a partition; by default the finest with at most `max_prototypes` clusters,
     or, with `level_margin`, the coarsest of those whose held-out patches stay within that margin of
@@ -227,33 +253,31 @@ def build_prototypes(
         raise ValueError(f"Unknown prototype method {method!r}; choose one of {PROTOTYPE_METHODS}.")
     if method != "finch" and not k:
         raise ValueError(f"Prototype method {method!r} needs k (the number of prototypes).")
-    start = time.perf_counter()
-    used = training_indices(features, max_vectors, subsampling, seed)
-    vectors = gather_vectors(features, used)
+    config = ProtoADConfig(method=method, k=k, level=level, max_prototypes=max_prototypes, max_vectors=max_vectors,
+                           subsampling=subsampling, knn_index=knn_index, seed=seed, level_margin=level_margin)
     info = {"subsampling": subsampling, "max_vectors": max_vectors, "seed": seed}
+    with stopwatch() as watch:
+        inputs = prototype_inputs(features, config, progress=progress)
+        vectors = inputs.vectors
+        if method == "finch":
+            hierarchy = inputs.hierarchy
+            level, distances = inputs.level_for(config)
+            if distances is not None:
+                info["held_out_distance"] = distances
+            if not 0 <= level < len(hierarchy.num_clusters):
+                raise ValueError(f"FINCH level {level} does not exist; levels: {hierarchy.num_clusters}.")
+            prototypes = cluster_prototypes(vectors, hierarchy.level_labels(level))
+        elif method == "kmeans":
+            prototypes, _ = kmeans_prototypes(vectors, k, seed)
+        elif method == "coreset":
+            from ..coreset import GreedyCoresetSampler
+
+            sampler = GreedyCoresetSampler(seed=seed, progress=progress)
+            picked = sampler.select(torch.from_numpy(vectors), n_samples=k)
+            prototypes = vectors[picked.numpy()]
+        else:
+            prototypes = vectors[np.random.default_rng(seed).choice(len(vectors), size=k, replace=False)]
+    info["seconds"] = watch.seconds
     if method == "finch":
-        hierarchy = finch_hierarchy(vectors, index=knn_index, progress=progress)
-        if level is None:
-            level = hierarchy.default_level(max_prototypes)
-            if level_margin is not None:
-                from .level_choice import choose_level, held_out_vectors
-
-                level, info["held_out_distance"] = choose_level(
-                    hierarchy, vectors, held_out_vectors(features, used, seed), level, level_margin)
-        if not 0 <= level < len(hierarchy.num_clusters):
-            raise ValueError(f"FINCH level {level} does not exist; levels: {hierarchy.num_clusters}.")
-        prototypes = cluster_prototypes(vectors, hierarchy.level_labels(level))
-        info["seconds"] = time.perf_counter() - start
         return PrototypeSet(prototypes, method, level, hierarchy, len(vectors), info)
-    if method == "kmeans":
-        prototypes, _ = kmeans_prototypes(vectors, k, seed)
-    elif method == "coreset":
-        from ..coreset import GreedyCoresetSampler
-
-        sampler = GreedyCoresetSampler(seed=seed, progress=progress)
-        picked = sampler.select(torch.from_numpy(vectors), n_samples=k)
-        prototypes = vectors[picked.numpy()]
-    else:
-        prototypes = vectors[np.random.default_rng(seed).choice(len(vectors), size=k, replace=False)]
-    info["seconds"] = time.perf_counter() - start
     return PrototypeSet(l2_normalise(prototypes), method, None, None, len(vectors), info)

@@ -1,0 +1,8 @@
+"""Numerics several methods share, one function each (as anomalib's `models/components`): k-means, the seeded
+hold-out split of good images, the nearest unit prototype by cosine similarity."""
+
+from .holdout import holdout_split
+from .kmeans import KMEANS_ITERATIONS, kmeans
+from .nearest import nearest_cosine
+
+__all__ = ["KMEANS_ITERATIONS", "holdout_split", "kmeans", "nearest_cosine"]
