@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .methods import AnomalyDetector
-from .methods.npad import holdout_split
+from .methods.components import holdout_split
 
 PIXEL_QUANTILE = 0.999
 DEFAULT_FRACTION = 0.2

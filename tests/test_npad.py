@@ -9,7 +9,8 @@ from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import read_checkpoint, save_detector
 from protoad_lib.data import AnomalyDataset
 from protoad_lib.methods import PaDiM
-from protoad_lib.methods.npad import (NPad, column_windows, fit_sharing_gaussians, fuse, holdout_split, kmeans_centroids, pooled_moments,
+from protoad_lib.methods.components import holdout_split
+from protoad_lib.methods.npad import (NPad, column_windows, fit_sharing_gaussians, fuse, kmeans_centroids, pooled_moments,
                                       spd_inverse, window_sum)
 
 

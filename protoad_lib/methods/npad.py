@@ -67,11 +67,11 @@ import torch
 from ..backbones import Backbone
 from ..progress import progress_bar
 from .base import AnomalyDetector
+from .components import holdout_split, kmeans
 from .padim import PaDiM
 
 NEIGHBOURHOODS = ("pooled", "min")
 FUSIONS = ("sum", "weighted", "max")
-KMEANS_ITERATIONS = 25
 BLOCK_BYTES = 64 * 2**20  # float64 moments of one block of positions; the pooling holds about six
 
 
@@ -149,17 +149,6 @@ def shift_slices(offset: int, size: int) -> tuple[slice, slice]:
     return slice(max(0, -offset), size - max(0, offset)), slice(max(0, offset), size + min(0, offset))
 
 
-def holdout_split(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit, held-out) image indices, sorted: a seeded random `fraction` held out (at least 1, leaving 2
-    to fit); with fewer than 3 images both are all images (the statistics are then in-sample)."""
-    everything = torch.arange(count)
-    if count < 3:
-        return everything, everything
-    n_held = min(count - 2, max(1, round(fraction * count)))
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed)))
-    return order[n_held:].sort().values, order[:n_held].sort().values
-
-
 def fuse(z_gauss: torch.Tensor, z_centroid: torch.Tensor, rule: str, weight: float) -> torch.Tensor:
     """Combine two standardised score maps: "sum", "weighted" ((1-w) z_gauss + w z_centroid) or "max"."""
     if rule == "sum":
@@ -178,12 +167,9 @@ def standardisation(gauss: torch.Tensor, centroid: torch.Tensor) -> torch.Tensor
 
 
 def kmeans_centroids(vectors: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """faiss k-means centroids [min(k, M), d] of vectors [M, d] (seeded; all vectors used, no faiss subsampling)."""
-    k = min(k, vectors.shape[0])
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=KMEANS_ITERATIONS, seed=int(seed), verbose=False,
-                          min_points_per_centroid=1, max_points_per_centroid=max(1, vectors.shape[0]))
-    kmeans.train(vectors.to("cpu", torch.float32).contiguous().numpy())
-    return torch.from_numpy(kmeans.centroids).clone()
+    """faiss k-means centroids [min(k, M), d] of vectors [M, d] (`components.kmeans`: seeded, 25 iterations,
+    all vectors used, no faiss subsampling)."""
+    return torch.from_numpy(kmeans(vectors, k, seed).centroids).clone()
 
 
 class NPad(AnomalyDetector):

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 
-import faiss
 import torch
 
+from ..components import kmeans as faiss_kmeans
+
 PROTOTYPE_LEVELS = ("image", "patch")
-KMEANS_ITERATIONS = 25
 PATCH_VECTORS = 100_000
 
 
@@ -30,12 +30,9 @@ def prototype_count(n_images: int, ratio: float = 0.1) -> int:
 
 
 def kmeans(vectors: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """faiss k-means centroids [min(k, M), D] of vectors [M, D], seeded, every vector used."""
-    k = max(1, min(k, len(vectors)))
-    clustering = faiss.Kmeans(vectors.shape[1], k, niter=KMEANS_ITERATIONS, seed=int(seed), verbose=False,
-                              min_points_per_centroid=1, max_points_per_centroid=max(1, len(vectors)))
-    clustering.train(vectors.detach().to("cpu", torch.float32).contiguous().numpy())
-    return torch.from_numpy(clustering.centroids).clone()
+    """faiss k-means centroids [min(k, M), D] of vectors [M, D] (`components.kmeans`: seeded, 25 iterations,
+    every vector used)."""
+    return torch.from_numpy(faiss_kmeans(vectors, k, seed).centroids).clone()
 
 
 def image_prototypes(maps: torch.Tensor, k: int, seed: int) -> torch.Tensor:
