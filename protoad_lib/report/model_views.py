@@ -17,6 +17,7 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+from ..experiments.network_study import DIFFERENCES
 from ..experiments.prototype_study import TimedHierarchy
 from ..methods.protoad.prototypes import DEFAULT_MAX_PROTOTYPES, FinchHierarchy, cluster_prototypes
 from ..overlays import overlay
@@ -154,12 +155,25 @@ def projection_figure(panels: Sequence[tuple[str, np.ndarray, FinchHierarchy, in
 # --------------------------------------------------------------------------- 04: network checks
 
 
+def equivalence_table(equivalence: pd.DataFrame, tolerance: float = 1e-5) -> pd.DataFrame:
+    """The proof's rows for reading (`network_study.Networks.equivalence`): K, patches compared, mean patch
+    score, and whether both of a category's differences from brute force are below ``tolerance``. The exact
+    differences are left out: their last bits depend on the number of threads."""
+    differences = list(DIFFERENCES)
+    below = equivalence[differences].max(axis=1) < tolerance
+    label = f"below {np.format_float_scientific(tolerance, exp_digits=1, trim='-')}"
+    return equivalence.drop(columns=differences).assign(**{label: below})
+
+
 def anomaly_map_figure(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, float]],
-                       vmin: float, vmax: float, panel: float = 2.1) -> Figure:
+                       vmin: float | None = None, vmax: float | None = None, panel: float = 2.1) -> Figure:
     """One row per example: image, ground-truth mask, anomaly map (shared colour scale), overlay.
 
-    ``rows``: ``(label, image [3,H,W] in 0..1, mask [H,W], anomaly map [H,W], image score)``.
+    ``rows``: ``(label, image [3,H,W] in 0..1, mask [H,W], anomaly map [H,W], image score)``
+    (`network_study.example_maps`); the colour scale defaults to the maps' overall min..max.
     """
+    vmin = min(float(r[3].min()) for r in rows) if vmin is None else vmin
+    vmax = max(float(r[3].max()) for r in rows) if vmax is None else vmax
     fig, axes = plt.subplots(len(rows), 4, figsize=(panel * 4 + 1.0, panel * len(rows) + 0.6), squeeze=False,
                              layout="constrained")
     image_artist = None
