@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -151,23 +157,24 @@ def test_unknown_notebook_selection_exits_2(folders, capsys):
     assert "no notebook matches '05'" in capsys.readouterr().err
 
 
-def test_a_successful_run_prints_nothing_from_the_kernel(folders, capfd):
+def test_a_successful_run_prints_nothing_from_the_kernel(folders):
     """The kernel shares the runner's terminal: a clean run shows no warning (ipykernel's "running over TCP
-    without encryption") and no error from the kernel."""
+    without encryption") and no error from the kernel. The runner is its own process, as on the command line,
+    so its terminal holds its own output only (not that of processes other tests started)."""
     notebooks, results = folders
     _notebook(notebooks / "01_pass.ipynb", "print('fine')")
-    assert run.main(["--notebooks-dir", str(notebooks), "--results-dir", str(results)]) == 0
-    captured = capfd.readouterr()
-    assert "[1/1] 01_pass ... ok" in captured.out
-    assert "WARNING" not in captured.out and "ERROR" not in captured.out
-    assert captured.err == ""
+    finished = subprocess.run([sys.executable, "-m", "protoad_lib.run", "--notebooks-dir", str(notebooks),
+                               "--results-dir", str(results)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0
+    assert "[1/1] 01_pass ... ok" in finished.stdout
+    assert "WARNING" not in finished.stdout and "ERROR" not in finished.stdout
+    assert finished.stderr == ""
 
 
 def test_the_kernel_shutdown_sends_no_interrupt(folders, monkeypatch):
     """jupyter_client interrupts (SIGINT) a kernel before shutting it down; papermill shuts down as soon as the
     kernel's last reply arrives, so the interrupt can land in the kernel's request handler and log
     `ERROR | KeyboardInterrupt caught in kernel` after a successful run. The runner's kernels get none."""
-    import signal
 
     from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
@@ -189,11 +196,6 @@ def test_a_terminated_run_stops_its_kernel_and_leaves_nothing_half_written(folde
     """`kill` (SIGTERM, as `timeout` and batch schedulers send it) ends the run as Ctrl-C would: the
     kernel is shut down, no temporary copy is left beside the executed notebooks, and the run ends with one
     line saying what it stored (no traceback from the kernel or the runner)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     notebooks, results = folders
     marker = tmp_path / "kernel_pid"
@@ -229,8 +231,6 @@ def test_a_terminated_run_stops_its_kernel_and_leaves_nothing_half_written(folde
 
 def test_make_lab_passes_lab_args_to_jupyterlab():
     """`make lab LAB_ARGS=--allow-root` (JupyterLab refuses to start as root, as in containers)."""
-    import shutil
-    import subprocess
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
