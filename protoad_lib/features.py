@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic import CacheWarning, atomic_output
+from .atomic import Unusable, atomic_output, read_checked, settings_digest
 from .backbones import Backbone
 from .data.datasets import check_category_name
 from .progress import progress_bar
@@ -72,8 +69,7 @@ class CacheKey:
         return asdict(self) | {"layers": list(self.layers)}
 
     def digest(self) -> str:
-        text = json.dumps(self.as_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return settings_digest(self.as_dict())
 
     def filename(self) -> str:
         """One name in the cache folder: the category is checked, the backbone (`timm:<any model>`) reduced to
@@ -84,6 +80,26 @@ class CacheKey:
 
 def _images_of(batch: dict | torch.Tensor) -> torch.Tensor:
     return batch["image"] if isinstance(batch, dict) else batch
+
+
+def as_loader(data: Dataset | Iterable, batch_size: int) -> Iterable:
+    """A dataset as its batches in order (a DataLoader); an iterable of batches as it is."""
+    return DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
+
+
+def embed_batches(backbone: Backbone, data: Dataset | Iterable, batch_size: int, device: str | torch.device,
+                  from_maps: Callable[[list[torch.Tensor]], torch.Tensor], progress: bool = True,
+                  description: str = "features", leave: bool = False) -> torch.Tensor:
+    """The one extraction loop (`extract_features`, `AnomalyDetector.method_features`): `from_maps` of the
+    backbone's maps of every batch of `data` (a dataset, or an iterable of batches: dicts with "image" or
+    image tensors), stacked along dim 0 (into one preallocated tensor when `data` has a length), under a
+    progress bar. The caller puts the backbone on `device` (and in eval mode) and `from_maps` moves each
+    batch's result where it is kept."""
+    batches = (
+        from_maps(backbone(_images_of(batch).to(device)))
+        for batch in progress_bar(as_loader(data, batch_size), desc=description, enabled=progress, leave=leave)
+    )
+    return stack_batches(batches, len(data) if isinstance(data, Dataset) else None)
 
 
 @torch.inference_mode()
@@ -97,13 +113,9 @@ def extract_features(
     description: str = "features",
 ) -> torch.Tensor:
     """Embed every image of a dataset (or an iterable of batches); returns [N, C, h, w] on the CPU."""
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
     backbone = backbone.to(device).eval()
-    batches = (
-        embed(backbone, _images_of(batch).to(device)).to("cpu", dtype)
-        for batch in progress_bar(loader, desc=description, enabled=progress, leave=False)
-    )
-    return stack_batches(batches, len(data) if isinstance(data, Dataset) else None)
+    return embed_batches(backbone, data, batch_size, device, lambda maps: combine_layers(maps).to("cpu", dtype),
+                         progress, description)
 
 
 def stack_batches(batches: Iterable[torch.Tensor], total: int | None = None) -> torch.Tensor:
@@ -136,25 +148,17 @@ class FeatureCache:
     def load(self, key: CacheKey) -> torch.Tensor | None:
         """The cached features of `key`, or None on a miss. An entry that cannot be read (cut short, zeroed)
         or holds something else than its name says is reported, deleted and treated as a miss."""
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+
+        def read(path: Path) -> torch.Tensor:
+            stored = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
             features = stored["features"]
-            problem = None
             if stored.get("key") != key.as_dict():
-                problem = "it was written for other settings"
-            elif features.shape[0] != key.n_images:
-                problem = f"it holds {features.shape[0]} images, not {key.n_images}"
-        except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
-            problem = f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-        if problem is not None:
-            warnings.warn(f"Feature cache entry {path} is discarded because {problem}; recomputing it.",
-                          CacheWarning, stacklevel=2)
-            path.unlink(missing_ok=True)
-            return None
-        return features.float()
+                raise Unusable("it was written for other settings")
+            if features.shape[0] != key.n_images:
+                raise Unusable(f"it holds {features.shape[0]} images, not {key.n_images}")
+            return features.float()
+
+        return read_checked(self.path(key), read, "Feature cache entry")
 
     def save(self, key: CacheKey, features: torch.Tensor) -> Path:
         """Write atomically: a temporary file in the same folder, then a rename."""

@@ -12,10 +12,8 @@ its arrays (see `encode_result`). Nothing here unpickles; a file that is anythin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import CacheWarning, atomic_output
+from .atomic import Unusable, atomic_output, read_checked, settings_digest
 
 #: Version of the stored-result layout; a file of another version is recomputed.
 FORMAT_VERSION = 1
@@ -35,12 +33,6 @@ _TAG = "__type__"
 _PLAIN = (type(None), bool, int, float, str)
 STORABLE = ("None, bool, int, float, str, list, tuple, dict, torch.Tensor, numpy arrays and scalars, "
             "pandas DataFrames")
-
-
-def settings_digest(settings: Mapping[str, Any]) -> str:
-    """A short stable digest of JSON-able settings (key order does not matter)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class _Encoder:
@@ -200,23 +192,15 @@ class ResultStore:
         """The stored result of `unit`, or None when it is missing or `redo` is set. A file that cannot be
         read (damaged, cut short, not a stored result: a pickle, say) or holds another unit's settings is
         reported, deleted and recomputed."""
-        path = self.path(*unit)
-        if self.redo or not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                document = json.loads((handle.metadata() or {})[_METADATA_KEY])
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            if document["format_version"] != FORMAT_VERSION or document["settings_digest"] != self.digest:
-                reason = "it holds results of other settings or another format version"
-            else:
-                return decode_result(document["result"], tensors)
-        except Exception as error:  # noqa: BLE001 - an unreadable file is recomputed, not fatal
-            reason = f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-        warnings.warn(f"Stored result {path} is discarded because {reason}; recomputing it.", CacheWarning,
-                      stacklevel=2)
-        path.unlink(missing_ok=True)
-        return None
+        return None if self.redo else read_checked(self.path(*unit), self._read, "Stored result")
+
+    def _read(self, path: Path) -> Any:
+        with safe_open(str(path), framework="pt") as handle:
+            document = json.loads((handle.metadata() or {})[_METADATA_KEY])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if document["format_version"] != FORMAT_VERSION or document["settings_digest"] != self.digest:
+            raise Unusable("it holds results of other settings or another format version")
+        return decode_result(document["result"], tensors)
 
     def computed(self, compute: Callable[[], Any], *unit: str) -> Any:
         """The stored result of `unit`, else `compute()`, stored as soon as it returns (a None result reads as

@@ -55,3 +55,44 @@ def test_extract_features_batches_agree_and_cache_round_trips(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     other = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer2", "layer3"), 64, 5)
     assert cache.load(other) is None
+
+
+def test_extract_features_and_method_features_share_one_loop_with_the_former_results():
+    """`embed_batches` is the one loop: both give exactly what their former loops computed (batch by batch,
+    `combine_layers` resp. the method's `features_from_maps`, stacked)."""
+    from protoad_lib.methods import PaDiM
+
+    backbone = load_backbone("resnet18", weights="random").eval()
+    images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, index):
+            return {"image": images[index]}
+
+    detector = PaDiM(backbone, n_features=20)
+    with torch.inference_mode():
+        former_embedding = torch.cat([combine_layers(backbone(images[i : i + 2])) for i in range(0, 5, 2)])
+        former_method = torch.cat([detector.features_from_maps(backbone(images[i : i + 2])) for i in range(0, 5, 2)])
+    assert torch.equal(extract_features(backbone, Images(), batch_size=2, progress=False), former_embedding)
+    assert torch.equal(detector.method_features(Images(), batch_size=2, progress=False), former_method)
+    assert extract_features(backbone, Images(), batch_size=2, dtype=torch.float16, progress=False).dtype == torch.float16
+
+
+def test_a_damaged_cache_entry_is_reported_deleted_and_recomputed(tmp_path):
+    import pytest
+
+    from protoad_lib.atomic import CacheWarning
+
+    cache = FeatureCache(tmp_path)
+    key = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer1",), 64, 2)
+    cache.save(key, torch.zeros(3, 4, 2, 2))  # 3 images under a key of 2
+    with pytest.warns(CacheWarning, match="holds 3 images, not 2") as caught:
+        assert cache.load(key) is None
+    assert caught[0].filename == __file__ and not cache.path(key).exists()  # attributed to the caller
+    cache.path(key).write_bytes(b"")
+    with pytest.warns(CacheWarning, match="cannot be read"):
+        assert cache.load(key) is None
+    assert not cache.path(key).exists()

@@ -8,10 +8,10 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..backbones import Backbone
-from ..features import stack_batches
+from ..features import as_loader, embed_batches
 from ..postprocess import AnomalyMapHead
 from ..progress import progress_bar
 
@@ -49,10 +49,6 @@ def fitted_size(model: nn.Module) -> int | None:
     if isinstance(bank, torch.Tensor) and bank.ndim == 2 and bank.numel() > 0:
         return int(bank.shape[0])
     return None
-
-
-def as_loader(data: Dataset | Iterable, batch_size: int) -> Iterable:
-    return DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(data, Dataset) else data
 
 
 class AnomalyDetector(nn.Module, ABC):
@@ -141,11 +137,8 @@ class AnomalyDetector(nn.Module, ABC):
                         progress: bool = True) -> torch.Tensor:
         """The method's patch features [N, C, h, w] of every image of a dataset, on the CPU."""
         self.to(device).eval()
-        batches = (
-            self.features_from_maps(self.backbone(batch["image"].to(device))).cpu()
-            for batch in progress_bar(as_loader(data, batch_size), desc=f"{self.method}: features", enabled=progress)
-        )
-        return stack_batches(batches, len(data) if isinstance(data, Dataset) else None)
+        return embed_batches(self.backbone, data, batch_size, device, lambda maps: self.features_from_maps(maps).cpu(),
+                             progress, f"{self.method}: features", leave=True)
 
     @torch.inference_mode()
     def fit(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
