@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+#: The backbone of the command line and the demo profile (the paper profile's is WRN50, `profiles.PROFILES`).
+DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN_STD = (0.5, 0.5, 0.5)

@@ -1,4 +1,7 @@
-"""The `protoad` command line: fit, predict, evaluate, bench, cache."""
+"""The `protoad` command line: fit, predict, evaluate, bench, cache, run (the notebook series).
+
+A method's own flags and what it reports are the method's declarations (`add_cli_options`,
+`options_from_cli`, `fit_summary`, `fit_report`, `fits_on_images`): nothing here names a method."""
 
 from __future__ import annotations
 
@@ -6,34 +9,24 @@ import argparse
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
 from .atomic import write_text_atomically
-from .cli_inputs import CliError, check_test_split, collect_images, report_skipped, training_data
+from .backbones import DEFAULT_BACKBONE
+from .cli_inputs import (CliError, check_test_split, collect_images, parse_parameters, report_skipped,
+                         training_data)
 from .data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_SIDE
-from .measure import peak_rss_mb
-from .methods import REGISTRY, bench_names, method_names
+from .data.transforms import PAPER_CROP, PAPER_RESIZE
+from .measure import peak_rss_mb, stopwatch
+from .methods import REGISTRY, bench_names, detector_classes, get_method, method_names
+from .profiles import PROFILES
 
 EXIT_USAGE = 2
 
 
-def _prn_options(args: argparse.Namespace) -> dict:
-    """PRN's schedule, epochs and seed from the command line (`fit` and `evaluate`)."""
-    return {"schedule": args.schedule, "seed": args.seed} | ({"epochs": args.epochs} if args.epochs else {})
-
-
-def _fit_options(args: argparse.Namespace) -> dict:
-    """Constructor options from the command line: ProtoAD's clustering flags, PRN's schedule and epochs; the
-    registry's defaults otherwise."""
-    if args.method == "prn":
-        return _prn_options(args)
-    if args.method != "protoad":
-        return {}
-    from .methods import ProtoADConfig
-
-    return {"config": ProtoADConfig(level=args.level, max_prototypes=args.max_prototypes,
-                                    max_vectors=args.max_vectors, subsampling=args.subsampling, seed=args.seed)}
+def _method_options(args: argparse.Namespace) -> dict:
+    """The chosen method's constructor options from its own flags (the registry's defaults otherwise)."""
+    return get_method(args.method).detector.options_from_cli(args)
 
 
 def command_fit(args: argparse.Namespace) -> None:
@@ -41,29 +34,25 @@ def command_fit(args: argparse.Namespace) -> None:
     from .calibration import fit_calibrated
     from .checkpoint import save_detector
     from .data import DatasetError
-    from .methods import fitted_size, make_detector
+    from .methods import make_detector
 
     data = training_data(args)
     report_skipped(data.skipped, len(data))
-    start = time.perf_counter()
-    model = make_detector(args.method, load_backbone(args.backbone), **_fit_options(args))
-    try:
-        model, calibration = fit_calibrated(model, data, args.batch_size, args.device, args.calibration_fraction,
-                                            args.seed)
-    except DatasetError as error:  # --on-error fail: the first unreadable image stops the fit
-        raise CliError(str(error)) from error
-    elapsed = time.perf_counter() - start
+    with stopwatch() as watch:
+        model = make_detector(args.method, load_backbone(args.backbone), **_method_options(args))
+        try:
+            model, calibration = fit_calibrated(model, data, args.batch_size, args.device,
+                                                args.calibration_fraction, args.seed)
+        except DatasetError as error:  # --on-error fail: the first unreadable image stops the fit
+            raise CliError(str(error)) from error
     save_detector(model.cpu(), args.out, image_size=args.image_size, resize=data.resize, calibration=calibration,
                   train_colour_mode=data.colour_mode())
-    if args.method == "protoad":
-        levels = model.prototype_set.hierarchy.num_clusters if model.prototype_set.hierarchy else []
-        print(f"images: {len(data)}  FINCH levels (K): {levels}  level: {model.prototype_set.level}  K: {model.k}")
-    else:
-        size = fitted_size(model)
-        print(f"images: {len(data)}  method: {REGISTRY[args.method].label}" + (f"  size: {size}" if size else ""))
+    size = model.fitted_size()
+    print(f"images: {len(data)}  " + (model.fit_summary() or f"method: {REGISTRY[args.method].label}"
+                                       + (f"  size: {size}" if size else "")))
     print(calibration.describe() if calibration else
           "no calibration (--calibration-fraction 0 or too few images): predict gives scores, no decision")
-    print(f"fit time: {elapsed:.1f} s  peak memory: {peak_rss_mb():.0f} MB  checkpoint: {args.out}")
+    print(f"fit time: {watch.seconds:.1f} s  peak memory: {peak_rss_mb():.0f} MB  checkpoint: {args.out}")
 
 
 def command_predict(args: argparse.Namespace) -> None:
@@ -112,11 +101,14 @@ def command_predict(args: argparse.Namespace) -> None:
 def command_evaluate(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .data import DatasetError
-    from .evaluation import evaluate_on_category, load_category
+    from .categories import load_category
+    from .evaluation import evaluate_on_category
     from .methods import make_detector
 
-    if args.seen_anomalies and args.method != "prn":
-        raise CliError("--seen-anomalies is for trained methods (--method prn)")
+    trained = get_method(args.method).detector.fits_on_images
+    if args.seen_anomalies and not trained:
+        raise CliError(f"--seen-anomalies is for trained methods (--method "
+                       f"{', '.join(m for m in method_names() if get_method(m).detector.fits_on_images)})")
     try:
         check_test_split(args)
         backbone = load_backbone(args.backbone)
@@ -124,13 +116,12 @@ def command_evaluate(args: argparse.Namespace) -> None:
                              image_size=args.image_size, batch_size=args.batch_size, device=args.device)
     except DatasetError as error:
         raise CliError(str(error)) from error
-    detector = make_detector(args.method, backbone, **(_prn_options(args) if args.method == "prn" else {}))
+    detector = make_detector(args.method, backbone, **_method_options(args))
     result = evaluate_on_category(detector, data, seen=args.seen_anomalies, seed=args.seed, device=args.device)
     metrics = result.metrics | {"embed_s": data.embed_s, "method": args.method, "backbone": args.backbone,
-                                "category": args.category}
-    if args.method == "prn":
-        metrics |= {"schedule": detector.schedule, "epochs": detector.epochs, "final_loss": detector.history[-1],
-                    "seen_anomalies": ";".join(result.seen)}
+                                "category": args.category} | detector.fit_report()
+    if trained:
+        metrics["seen_anomalies"] = ";".join(result.seen)
     width = max(len(key) for key in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
@@ -174,6 +165,53 @@ def command_bench(args: argparse.Namespace) -> None:
         save_json(result, args.json)
 
 
+def command_run(args: argparse.Namespace) -> int:
+    """Run the notebook series (`run.run_notebooks`); `python -m protoad_lib.run` is this command."""
+    from .run import NOTEBOOKS_DIR, RESULTS_DIR, NotebookRunError, RunStopped, run_notebooks, stop_on_sigterm
+
+    parameters = parse_parameters(args.param)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # the kernel shuts down, as on Ctrl-C (main restores it)
+    try:
+        run_notebooks(args.profile, args.notebooks, args.notebooks_dir or NOTEBOOKS_DIR,
+                      args.results_dir or RESULTS_DIR, args.kernel, parameters, args.update_notebooks,
+                      stream=False if args.quiet else None)
+    except NotebookRunError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except RunStopped as stopped:
+        print(stopped.message, file=sys.stderr, flush=True)
+        return stopped.code
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    return 0
+
+
+def _add_run_parser(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run", help="run the numbered notebooks with papermill (also `python -m protoad_lib.run`)",
+        description="Run the numbered notebooks with papermill; executed copies go to results/<profile>/executed/.")
+    run.add_argument("--profile", choices=tuple(PROFILES), default="demo",
+                     help="run profile injected as the `profile` parameter (default: demo)")
+    run.add_argument("--notebooks", default=None,
+                     help="comma-separated numbers or names, e.g. 01,03 (default: all 0*.ipynb)")
+    run.add_argument("--update-notebooks", action="store_true",
+                     help="demo only: copy the executed notebooks (papermill traces removed) back over notebooks/ "
+                          "so they carry their demo outputs")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    run.add_argument("--quiet", action="store_true",
+                     help="do not stream the notebooks' output (streamed by default except for the demo)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra notebook parameter, e.g. --param device=cuda or --param \"categories=['bottle']\" "
+                          "(repeatable)")
+    run.add_argument("--notebooks-dir", type=Path, default=None,
+                     help="folder with the notebooks (default: the repository's notebooks/)")
+    run.add_argument("--results-dir", type=Path, default=None,
+                     help="results root: every table and figure goes to <results-dir>/<profile>/, executed copies "
+                          "to <results-dir>/<profile>/executed (default: the repository's results/)")
+    run.set_defaults(handler=command_run)
+
+
 def command_cache(args: argparse.Namespace) -> None:
     from .caches import cache_folders, describe
 
@@ -187,14 +225,15 @@ def command_cache(args: argparse.Namespace) -> None:
         print(f"removed {count} files ({freed / 2**20:.1f} MB) from {folder.path}")
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schedule", choices=("cpu", "full"), default="cpu",
-                        help="PRN: 'cpu' (minutes on 2 cores) or 'full' (700 epochs, batch 48: a GPU)")
-    parser.add_argument("--epochs", type=int, default=None, help="PRN: epochs instead of the schedule's")
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Every registered method's own flags (ProtoAD's clustering, PRN's schedule and epochs, ...)."""
+    for detector in detector_classes():
+        detector.add_cli_options(parser)
 
 
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-size", type=int, default=224, help="side of the square network input (224)")
+    parser.add_argument("--image-size", type=int, default=PAPER_CROP,
+                        help=f"side of the square network input ({PAPER_CROP})")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
@@ -220,18 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--category")
     fit.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
     fit.add_argument("--train-dir", help="a plain folder of good images instead of a benchmark layout")
-    fit.add_argument("--backbone", default="efficientnet_lite0")
+    fit.add_argument("--backbone", default=DEFAULT_BACKBONE)
     fit.add_argument("--out", required=True, help="checkpoint file (.safetensors)")
-    fit.add_argument("--level", type=int, default=None, help="ProtoAD: FINCH partition level (default: rule below)")
-    fit.add_argument("--max-prototypes", type=int, default=1000,
-                     help="default level = the finest FINCH level with at most this many clusters")
-    fit.add_argument("--max-vectors", type=int, default=60000, help="patch vectors clustered at most")
-    fit.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified")
-    fit.add_argument("--seed", type=int, default=0, help="clustering, PRN training and the calibration hold-out")
-    _add_training_options(fit)
+    fit.add_argument("--seed", type=int, default=0,
+                     help="the method's (clustering, training) and the calibration hold-out's")
+    _add_method_options(fit)
     fit.add_argument("--resize", type=int, default=None,
                      help="resize side before a centre crop to --image-size (default: none, the whole image is "
-                          "resized to --image-size, as predict does; 256 is the paper protocol)")
+                          f"resized to --image-size, as predict does; {PAPER_RESIZE} is the paper protocol)")
     fit.add_argument("--recursive", action="store_true", help="--train-dir: also images in sub-folders")
     fit.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                      help="an unreadable training image: left out and listed (skip, the default; every image is "
@@ -273,19 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--category", required=True)
     evaluate.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
     evaluate.add_argument("--method", choices=method_names(), default="protoad", help=_method_help())
-    evaluate.add_argument("--backbone", default="efficientnet_lite0")
+    evaluate.add_argument("--backbone", default=DEFAULT_BACKBONE)
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
-    evaluate.add_argument("--resize", type=int, default=256, help="resize side before the centre crop (paper: 256)")
+    evaluate.add_argument("--resize", type=int, default=PAPER_RESIZE,
+                          help=f"resize side before the centre crop (paper: {PAPER_RESIZE})")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--seen-anomalies", type=int, default=0,
-                          help="PRN: train also on N real anomalies drawn (seeded) from the test set; they are "
-                               "removed from the scored test set and listed in the output")
-    _add_training_options(evaluate)
+                          help="a trained method (PRN): train also on N real anomalies drawn (seeded) from the test "
+                               "set; they are removed from the scored test set and listed in the output")
+    _add_method_options(evaluate)
     _add_image_options(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     bench = commands.add_parser("bench", help="speed of the backbone alone and every method in one run")
-    bench.add_argument("--backbone", default="efficientnet_lite0")
+    bench.add_argument("--backbone", default=DEFAULT_BACKBONE)
     bench.add_argument("--weights", default="imagenet",
                        help="'random' times the same network when ImageNet weights are not on disk")
     bench.add_argument("--methods", default=",".join(bench_names()),
@@ -294,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--data-root", help="default: the synthetic mini benchmark")
     bench.add_argument("--category")
-    bench.add_argument("--image-size", type=int, default=224)
+    bench.add_argument("--image-size", type=int, default=PAPER_CROP)
     bench.add_argument("--n-images", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
@@ -318,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a run's results folder (repeatable; default every <repo>/results/* and $PROTOAD_RESULTS_DIR)")
     cache.add_argument("--files", action="store_true", help="list: one line per file")
     cache.set_defaults(handler=command_cache)
+    _add_run_parser(commands)
     return parser
 
 
@@ -330,11 +367,12 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; Ctrl-C (exit 130) and SIGTERM (exit 143) end it with one line, not a traceback."""
+    """Run one command (its exit status: 0, or what the command returns); Ctrl-C (exit 130) and SIGTERM
+    (exit 143) end it with one line, not a traceback."""
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        args.handler(args)
+        code = args.handler(args) or 0
     except CliError as error:
         print(f"protoad {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -345,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

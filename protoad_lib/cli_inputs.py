@@ -1,10 +1,13 @@
-"""What the command line reads, checked before any work starts: training images, images to score, test splits."""
+"""What the command line reads, checked before any work starts: training images, images to score, test splits,
+notebook parameters."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 
 class CliError(Exception):
@@ -85,3 +88,22 @@ def check_test_split(args: argparse.Namespace) -> None:
     raise CliError(f"{test.category_dir / 'test'} holds {counts['good']} good and {counts['anomalous']} anomalous "
                    f"images{seen}; AUROC needs both classes in the scored test set: add the missing one "
                    "(anomalous images with their masks in ground_truth/).")
+
+
+def parse_value(text: str) -> Any:
+    """A `--param KEY=VALUE` value: a Python literal (numbers, None, lists, quoted strings), else plain text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_parameters(items: Sequence[str]) -> dict[str, Any]:
+    """`protoad run`'s `--param KEY=VALUE` items as notebook parameters."""
+    parameters: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CliError(f"--param expects KEY=VALUE, got {item!r}")
+        parameters[key.strip()] = parse_value(value)
+    return parameters

@@ -1,57 +1,22 @@
-"""Fit a method on a category's good images, score its test set, and compute every metric."""
+"""Fit a method on a category's good images, score its test set, and compute every metric.
+
+The category comes loaded (`categories.load_category`, re-exported here for the callers that score); what
+a method needs to know to fit (images or cached embeddings) it declares itself (`fits_on_images`).
+"""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from .backbones import Backbone
-from .data import AnomalyDataset
-from .features import CacheKey, FeatureCache, embed_split
+from .categories import CategoryData, choose_seen, load_category, without_test_samples
+from .measure import stopwatch
 from .methods import AnomalyDetector, Predictions
-from .methods.prn import choose_seen
 from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
 
-
-@dataclass
-class CategoryData:
-    """A category's train/test datasets with their backbone embeddings, labels and masks."""
-
-    name: str
-    train: AnomalyDataset
-    test: AnomalyDataset
-    train_embeddings: torch.Tensor
-    test_embeddings: torch.Tensor
-    labels: torch.Tensor
-    masks: torch.Tensor
-    embed_s: float
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.masks.shape[-2:])
-
-
-def load_category(
-    backbone: Backbone, root: str | Path, category: str, layout: str = "mvtec", resize: int = 256,
-    image_size: int = 224, batch_size: int = 8, device: str = "cpu", cache: FeatureCache | None = None,
-    dataset_name: str = "dataset", progress: bool = True,
-) -> CategoryData:
-    """Datasets and (cached) stride-4 embeddings of one category, ready for any method."""
-    train = AnomalyDataset(root, category, "train", layout=layout, resize=resize, crop=image_size)
-    test = AnomalyDataset(root, category, "test", layout=layout, resize=resize, crop=image_size)
-    start = time.perf_counter()
-    embeddings = []
-    for split, dataset in (("train", train), ("test", test)):
-        key = CacheKey.of(dataset_name, category, split, backbone, dataset)
-        embeddings.append(embed_split(backbone, dataset, key, cache, batch_size, device, progress))
-    masks = torch.stack([test[i]["mask"][0] for i in range(len(test))])
-    labels = torch.tensor(test.labels)
-    return CategoryData(category, train, test, embeddings[0], embeddings[1], labels, masks,
-                        time.perf_counter() - start)
+__all__ = ["CategoryData", "Scored", "evaluate_on_category", "fit_and_score", "load_category", "metrics_of", "score",
+           "without_test_samples"]
 
 
 @dataclass
@@ -83,17 +48,9 @@ def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.
     `full_metrics` adds image/pixel F1-max to image/pixel AUROC and AUPRO.
     """
     test = data.test_embeddings if test_embeddings is None else test_embeddings
-    start = time.perf_counter()
-    predictions = detector.eval().predict_embeddings(test, tuple(data.masks.shape[-2:]))
-    infer_s = time.perf_counter() - start
-    return Scored(metrics_of(data, predictions, full_metrics), predictions, None, infer_s)
-
-
-def without_test_samples(data: CategoryData, indices: Sequence[int]) -> CategoryData:
-    """The category with the given test samples removed from its test embeddings, labels and masks (the
-    scored test set); `test` stays the whole dataset."""
-    keep = torch.tensor([i for i in range(len(data.labels)) if i not in set(indices)], dtype=torch.long)
-    return replace(data, test_embeddings=data.test_embeddings[keep], labels=data.labels[keep], masks=data.masks[keep])
+    with stopwatch() as watch:
+        predictions = detector.eval().predict_embeddings(test, tuple(data.masks.shape[-2:]))
+    return Scored(metrics_of(data, predictions, full_metrics), predictions, None, watch.seconds)
 
 
 def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
@@ -114,19 +71,18 @@ def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embedding
     train = data.train_embeddings if train_embeddings is None else train_embeddings
     detector.progress = progress
     chosen = choose_seen(data.labels, seen, seed) if seen else []
-    start = time.perf_counter()
-    if detector.fits_on_images:
-        pairs = [(data.test[i]["image"], data.test[i]["mask"]) for i in chosen]
-        detector.fit(data.train, progress=progress, device=device, **({"seen": pairs} if pairs else {}))
-        detector.to("cpu")
-    elif chosen:
+    if chosen and not detector.fits_on_images:
         raise ValueError(f"{detector.method} is training-free: it cannot use seen anomalies")
-    else:
-        detector.fit_features(detector.features_from_embedding(train))
-    fit_s = time.perf_counter() - start
+    with stopwatch() as watch:
+        if detector.fits_on_images:
+            pairs = [(data.test[i]["image"], data.test[i]["mask"]) for i in chosen]
+            detector.fit(data.train, progress=progress, device=device, **({"seen": pairs} if pairs else {}))
+            detector.to("cpu")
+        else:
+            detector.fit_features(detector.features_from_embedding(train))
     scored_data = without_test_samples(data, chosen) if chosen else data
     scored = score(detector, scored_data, test_embeddings, full_metrics)
-    scored.fit_s = fit_s
+    scored.fit_s = watch.seconds
     scored.seen = [data.test.samples[i].path for i in chosen]
     return scored
 

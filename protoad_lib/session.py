@@ -1,8 +1,9 @@
 """One notebook run: parameters -> profile, categories, backbone, feature cache, results folder, data loader.
 
-Every notebook's second cell is `run = setup(profile, categories, backbone, device, data_root, results_dir)`;
-the run then loads each category's data the one way the whole project does (`evaluation.load_category`
-through the shared feature cache) and says where results go.
+Every notebook's second cell is `run = setup(profile=profile, categories=categories, ...)` (keywords only);
+the run then loads each category's data the one way the whole project does (`categories.load_category`
+through the shared feature cache), says where results go, and asks each method for its options in the run
+(`run.method_options(name)`: the method's `run_options` for the profile and device).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import numpy as np
 import torch
 
 from .backbones import Backbone, load_backbone
+from .categories import CategoryData, load_category
 from .data import AnomalyDataset
 from .data.datasets import check_category_name
-from .evaluation import CategoryData, load_category
-from .resume import ResultStore
+from .data.download import resolve_dataset_root
+from .data.synthetic import ensure_mini_benchmark
 from .features import CacheKey, FeatureCache
-from .methods.prn import schedule_for, training_epochs
-from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, DatasetSpec, Profile, dataset_root, get_profile, smoke_version
+from .methods import get_method, run_notes
+from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, DatasetSpec, Profile, get_profile, smoke_version
+from .resume import ResultStore
 from .progress import progress_bar
 
 
@@ -94,10 +97,13 @@ class RunSetup:
         return FeatureCache(self.profile.cache_dir)
 
     def root(self, spec: DatasetSpec, download: bool = True) -> Path:
-        """The folder holding `spec`'s category folders (generated / found / downloaded once)."""
+        """The folder holding `spec`'s category folders: generated (the synthetic benchmark), given, found or
+        downloaded, once."""
         if spec.name not in self._roots:
-            given = self.given_roots.get(spec.name)
-            self._roots[spec.name] = Path(dataset_root(self.profile, spec, root=given, download=download))
+            data_dir = self.profile.data_dir
+            self._roots[spec.name] = Path(
+                ensure_mini_benchmark(data_dir / spec.name, seed=self.profile.seed) if spec.generated else
+                resolve_dataset_root(spec.name, self.given_roots.get(spec.name), download=download, data_dir=data_dir))
         return self._roots[spec.name]
 
     def dataset(self, spec: DatasetSpec, category: str, split: str) -> AnomalyDataset:
@@ -144,10 +150,10 @@ class RunSetup:
         the same settings skips what is stored, other settings recompute it, `redo=True` recomputes all."""
         return ResultStore(self.results_dir / "cache" / name, self.fingerprint() | dict(settings or {}), self.redo)
 
-    @property
-    def prn_epochs(self) -> int:
-        """How long PRN trains in this run: the profile's length, else its schedule's on the run's device."""
-        return training_epochs(self.device, self.profile.prn_epochs)
+    def method_options(self, method: str) -> dict:
+        """A registered method's options in this run (its `run_options` for the profile and device), over the
+        registry's defaults: e.g. PRN's schedule and training length, ProtoAD's clustering budget."""
+        return get_method(method).detector.run_options(self.profile, self.device)
 
     def describe(self) -> str:
         """A deterministic summary (no absolute paths inside the repository)."""
@@ -159,7 +165,7 @@ class RunSetup:
             f"device     : {self.device}",
             f"image size : resize {self.profile.resize} -> center crop {self.profile.image_size}",
             f"seed       : {self.seed}",
-            f"PRN        : {self.prn_epochs} epochs, {schedule_for(self.device)} schedule",
+            *(f"{label:<11}: {text}" for label, text in run_notes(self.profile, self.device).items()),
             f"data dir   : {relative(self.profile.data_dir)}",
             f"results    : {relative(self.results_dir) if self.results_dir.is_relative_to(REPO_ROOT) else '(outside the repository)'}",
         ]
@@ -185,7 +191,7 @@ def _results_dir(profile: Profile, results_dir: str | Path | None) -> Path:
     return Path(chosen).expanduser().resolve() if chosen else REPO_ROOT / "results" / profile.name
 
 
-def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, backbone: str | None = None,
+def setup(*, profile: str = "demo", categories: str | Sequence[str] | None = None, backbone: str | None = None,
           device: str = "cpu", data_root: str | Path | None = None, results_dir: str | Path | None = None,
           smoke: bool = False, redo: bool = False, prn_epochs: int | None = None,
           quiet: bool | None = None) -> RunSetup:
@@ -200,8 +206,9 @@ def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, 
     profile's smallest settings (`profiles.smoke_version`, for CI). `redo`: recompute results stored by
     an earlier, interrupted run. `prn_epochs`: PRN's training length instead of the profile's (None: the
     demo's 15, else the schedule's: 30 on a CPU, 700 on CUDA; a short one makes a CPU paper run
-    affordable; the run's description states the length). `quiet` (default: only for the demo): no progress bars (`TQDM_DISABLE`)
-    and no tqdm widget warning, so re-executed notebooks print the same text; a paper run shows them.
+    affordable; the run's description states the length). `quiet` (default: the profile's `quiet`, the
+    demo's): no progress bars (`TQDM_DISABLE`) and no tqdm widget warning, so re-executed notebooks print the
+    same text; a paper run shows them. Keywords only: a notebook's parameters cell names each one.
     """
     chosen = get_profile(profile)
     if smoke:
@@ -210,7 +217,7 @@ def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, 
         if int(prn_epochs) < 1:
             raise ValueError(f"prn_epochs must be a positive number of epochs, got {prn_epochs!r}")
         chosen = replace(chosen, prn_epochs=int(prn_epochs))
-    quiet = chosen.name == "demo" if quiet is None else quiet
+    quiet = chosen.quiet if quiet is None else quiet
     selected = _selected_categories(chosen, categories)
     given_roots: dict[str, Path] = {}
     if data_root is not None:
@@ -219,7 +226,7 @@ def setup(profile: str = "demo", categories: str | Sequence[str] | None = None, 
             raise FileNotFoundError(f"data_root {root} is not a folder; pass None or an existing folder")
         for spec in chosen.datasets:
             mine = [c for s, c in selected if s == spec]
-            if spec.name != "synthetic_mini" and mine and all((root / c).is_dir() for c in mine):
+            if not spec.generated and mine and all((root / c).is_dir() for c in mine):
                 given_roots[spec.name] = root  # a local copy: category folders directly in data_root
         if not given_roots:  # a data folder: downloads, generated data and the feature cache go there
             chosen = replace(chosen, data_dir=root)

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "protoad_lib"
 FLOORS = [
     {"atomic", "progress", "measure", "machine", "resume", "data"},
     {"backbones", "postprocess", "metrics", "overlays"},
-    {"features"},
+    {"features", "categories"},
     {"methods"},
     {"evaluation", "calibration", "checkpoint"},
     {"profiles", "session", "caches"},

@@ -14,7 +14,7 @@ CATEGORIES = ["bottle", "grid", "01", "02"]
 
 
 def paper_run(paper_layout, results_dir, **options):
-    return setup("paper", CATEGORIES, backbone="efficientnet_lite0", data_root=paper_layout,
+    return setup(profile="paper", categories=CATEGORIES, backbone="efficientnet_lite0", data_root=paper_layout,
                  results_dir=results_dir, smoke=True, **options)
 
 
@@ -78,8 +78,8 @@ def test_an_interrupted_ablation_run_resumes_after_its_last_finished_ablation(pa
 
     monkeypatch.setattr(ablations, "sigma_ablation", counting_sigma)
     monkeypatch.setattr(ablations, "fit_baselines", counting_fit)
-    run = setup("paper", ["bottle"], backbone="efficientnet_lite0", data_root=paper_layout, results_dir=tmp_path,
-                smoke=True)
+    run = setup(profile="paper", categories=["bottle"], backbone="efficientnet_lite0", data_root=paper_layout,
+                results_dir=tmp_path, smoke=True)
     plan = ablations.ablation_plan(run.profile, run.device)
     plan = replace(plan, npad_categories=0, prn_categories=0, image_size_categories=0)  # not needed here
     interrupt = [True]
@@ -122,9 +122,12 @@ def test_all_seven_notebooks_run_on_the_paper_layouts(paper_layout, tmp_path):
 
 def test_prn_training_length_is_a_run_setting(paper_layout, tmp_path):
     default, short = paper_run(paper_layout, tmp_path), paper_run(paper_layout, tmp_path, prn_epochs=3)
-    assert default.prn_epochs == 1 and short.prn_epochs == 3  # smoke: one epoch unless asked
+    # smoke: one epoch unless asked; the method reads the profile (`PRN.run_options`), the run asks the method
+    assert default.method_options("prn")["epochs"] == 1 and short.method_options("prn")["epochs"] == 3
     assert "PRN        : 3 epochs, cpu schedule" in short.describe()
-    assert comparison.method_options(prn_epochs=short.profile.prn_epochs)["prn"]["epochs"] == 3
-    assert setup("paper", ["bottle"], device="cuda").prn_epochs == 700
+    assert comparison.method_options(short.profile, short.device)["prn"]["epochs"] == 3
+    on_cuda = setup(profile="paper", categories=["bottle"], device="cuda")
+    assert on_cuda.method_options("prn") == {"seed": 0, "schedule": "full"}  # the full schedule's 700 epochs
+    assert "PRN        : 700 epochs, full schedule" in on_cuda.describe()
     with pytest.raises(ValueError, match="prn_epochs"):
         paper_run(paper_layout, tmp_path, prn_epochs=0)

@@ -9,11 +9,12 @@ from PIL import Image
 
 from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import read_checkpoint, save_detector
+from protoad_lib.categories import choose_seen
 from protoad_lib.data import AnomalyDataset
 from protoad_lib.machine import set_threads
 from protoad_lib.features import embed
-from protoad_lib.methods.prn import (PRN, SCHEDULES, AnomalySynthesiser, PRNetwork, blend_region, choose_seen,
-                                     paste_seen, perlin_noise, procedural_texture, prototype_count)
+from protoad_lib.methods.prn import (PRN, SCHEDULES, AnomalySynthesiser, PRNetwork, blend_region, paste_seen,
+                                     perlin_noise, procedural_texture, prototype_count)
 from protoad_lib.methods.prn.prototypes import fit_prototypes, residuals
 from protoad_lib.methods.prn.synthesis import TextureSource
 

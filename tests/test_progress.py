@@ -42,8 +42,8 @@ def test_an_evaluation_run_names_the_method_at_work_in_each_category(paper_layou
     from protoad_lib.experiments.comparison import evaluate_run
     from protoad_lib.session import setup
 
-    run = setup("paper", ["bottle"], backbone="efficientnet_lite0", data_root=paper_layout, results_dir=tmp_path,
-                smoke=True)
+    run = setup(profile="paper", categories=["bottle"], backbone="efficientnet_lite0", data_root=paper_layout,
+                results_dir=tmp_path, smoke=True)
     evaluate_run(run, methods=("padim", "patchcore"))
     err = capsys.readouterr().err
     assert "bottle: PaDiM" in err and "bottle: PatchCore-10%" in err

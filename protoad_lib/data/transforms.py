@@ -10,6 +10,11 @@ from torchvision.transforms import functional as TF
 
 from .images import mask_to_binary, to_rgb
 
+#: The paper's geometry (the official PaDiM/ProtoAD code): resize to 256 x 256, then a 224 centre crop. Every
+#: default resize and crop of the library (profiles, command line, benchmark, category loading) is these.
+PAPER_RESIZE = 256
+PAPER_CROP = 224
+
 
 class PairedTransform:
     """``Resize((resize, resize))`` + ``CenterCrop(crop)`` applied identically to image and mask.
@@ -18,7 +23,7 @@ class PairedTransform:
     the mask is resized with nearest neighbour and returned as float ``[1,H,W]`` in {0,1}.
     """
 
-    def __init__(self, resize: int = 256, crop: int = 224) -> None:
+    def __init__(self, resize: int = PAPER_RESIZE, crop: int = PAPER_CROP) -> None:
         resize, crop = int(resize), int(crop)
         if resize <= 0 or crop <= 0:
             raise ValueError(f"resize and crop must be positive, got resize={resize}, crop={crop}")
@@ -55,7 +60,7 @@ class PairedTransform:
         return self.image(image), self.mask(mask)
 
 
-def paper_transform(resize: int = 256, crop: int = 224) -> PairedTransform:
+def paper_transform(resize: int = PAPER_RESIZE, crop: int = PAPER_CROP) -> PairedTransform:
     """The transform of the official PaDiM/ProtoAD code: Resize((256,256)) + CenterCrop(224)."""
     return PairedTransform(resize=resize, crop=crop)
 

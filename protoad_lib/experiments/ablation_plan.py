@@ -44,8 +44,9 @@ class AblationPlan:
 
 
 def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
-    """The profile's clustering budget (`Profile.max_vectors`) as the reference; the demo re-extracts
-    features at other image sizes for one category only.
+    """The profile's clustering budget (`Profile.max_vectors`) as the reference; how many categories the
+    costly ablations cover and how many seen anomalies PRN's trains on are the profile's (`Profile.ablation_*`:
+    the demo re-extracts features at other image sizes for one category only).
 
     PRN trains with the schedule of `device` (`prn.schedule_for`: "full" on CUDA, "cpu" elsewhere) for a
     third of its epochs, all of them (once when that is the same length), and all of them with a few seen
@@ -67,10 +68,10 @@ def ablation_plan(profile: Profile, device: str = "cpu") -> AblationPlan:
                                          ("test_neighbourhood", ("pooled", "min")), ("fusion", ("sum", "max"))),
                             prn_epochs=(1,), prn_seen=(1,), prn_categories=1, npad_categories=1)
     epochs = training_epochs(device, profile.prn_epochs)
-    demo = profile.name == "demo"
     return AblationPlan(max_vectors=budget, strategies=("random", "stratified"),
                         budgets=(budget // 4, budget // 2, budget),
-                        image_size_categories=1 if demo else None,
-                        prn_epochs=tuple(sorted({max(1, epochs // 3), epochs})), prn_seen=(2,) if demo else (10,),
-                        prn_schedule=schedule_for(device), prn_categories=None if demo else 1,
-                        npad_categories=None if demo else 1)
+                        image_size_categories=profile.ablation_image_size_categories,
+                        prn_epochs=tuple(sorted({max(1, epochs // 3), epochs})),
+                        prn_seen=(profile.ablation_seen_anomalies,), prn_schedule=schedule_for(device),
+                        prn_categories=profile.ablation_costly_categories,
+                        npad_categories=profile.ablation_costly_categories)

@@ -15,10 +15,10 @@ import torch
 
 from ..backbones import Backbone
 from ..data import AnomalyDataset, example_indices
-from ..evaluation import CategoryData, fit_and_score
-from ..methods import fitted_size, make_detector, method_label, method_names
-from ..methods.protoad import ProtoADConfig
-from ..methods.prn import schedule_for
+from ..categories import CategoryData
+from ..evaluation import fit_and_score
+from ..methods import fitted_size, make_detector, method_label, method_names, run_options
+from ..profiles import Profile
 from ..progress import progress_bar
 from ..session import RunSetup
 
@@ -47,17 +47,11 @@ class Evaluation:
     outcomes: dict[tuple[str, str], MethodResult] = field(default_factory=dict)
 
 
-def method_options(protoad_max_vectors: int | None = None, seed: int = 0, prn_epochs: int | None = None,
-                   device: str = "cpu") -> dict[str, dict]:
-    """Options over the registry's defaults: ProtoAD's clustering budget, every seeded method's seed, and
-    PRN's schedule: the full one (700 epochs) on a CUDA device, else the CPU one, `prn_epochs` long when
-    given (the profile's: the demo trains briefly)."""
-    config = ProtoADConfig(seed=seed) if protoad_max_vectors is None else \
-        ProtoADConfig(max_vectors=int(protoad_max_vectors), seed=seed)
-    prn = {"seed": seed, "schedule": schedule_for(device)}
-    if prn_epochs is not None:
-        prn["epochs"] = int(prn_epochs)
-    return {"protoad": {"config": config}, "patchcore": {"seed": seed}, "prn": prn}
+def method_options(profile: Profile, device: str = "cpu") -> dict[str, dict]:
+    """Every method's options over the registry's defaults in a run of `profile` on `device`: what each
+    method declares (`AnomalyDetector.run_options`: ProtoAD's clustering budget, the seeds, PRN's schedule for
+    the device and the profile's training length)."""
+    return run_options(profile, device)
 
 
 def normal_scale(maps: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -108,8 +102,7 @@ def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
     method can move its expensive fitting step there (PatchCore's coreset selection).
     """
     methods = method_names() if methods is None else tuple(methods)
-    options = method_options(run.profile.max_vectors, run.seed, run.profile.prn_epochs, run.device) \
-        if options is None else options
+    options = method_options(run.profile, run.device) if options is None else options
     store = run.store("evaluation", {"options": {m: options.get(m, {}) for m in methods}})
     outcomes: dict[tuple[str, str], MethodResult] = {}
     tests: dict[str, AnomalyDataset] = {}

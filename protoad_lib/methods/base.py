@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -42,13 +42,9 @@ def split_layers(features: torch.Tensor, channels: list[int], strides: list[int]
 
 
 def fitted_size(model: nn.Module) -> int | None:
-    """Prototypes (ProtoAD) or memory-bank rows (PatchCore, also anomalib's); None where a model has neither."""
-    if getattr(model, "method", None) == "protoad":
-        return int(model.k)
-    bank = getattr(model, "memory_bank", None)
-    if isinstance(bank, torch.Tensor) and bank.ndim == 2 and bank.numel() > 0:
-        return int(bank.shape[0])
-    return None
+    """The fitted size a model declares (`fitted_size()`: prototypes, memory-bank rows); None where it has none."""
+    declared = getattr(model, "fitted_size", None)
+    return declared() if callable(declared) else None
 
 
 class AnomalyDetector(nn.Module, ABC):
@@ -59,11 +55,56 @@ class AnomalyDetector(nn.Module, ABC):
     Persistence: `options()` (the method's JSON-able settings) and `state_tensors()` (its fitted
     tensors); `config()` adds `sigma`, so a checkpoint restores everything with
     `from_state(backbone, config, tensors)`. `progress` switches the fit's own progress bars.
+
+    Declarations (what callers ask instead of branching on a method's name; each has a neutral default):
+    `fits_on_images`, `add_cli_options` / `options_from_cli` (its flags on `protoad fit` and `evaluate`),
+    `run_options` (its options in a notebook run of a profile on a device), `training_options` (a trained
+    method's length), `run_notes` (lines of a run's description), `fitted_size`, `fit_summary`, `fit_report`.
     """
 
     method: str = "detector"
     #: True for a trained method (PRN): it fits on images (`fit`), not on cached embeddings (`fit_features`).
     fits_on_images: bool = False
+
+    # --- declarations ------------------------------------------------------------------------------------
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        """Add the method's own flags to an argparse parser (`protoad fit` and `evaluate`); none by default.
+        The flags of all methods share one parser, so each name must be the method's own."""
+
+    @classmethod
+    def options_from_cli(cls, args: Any) -> dict:
+        """Constructor options from parsed command-line flags (those `add_cli_options` added, and the shared
+        `--seed`); {} keeps the registry's defaults."""
+        return {}
+
+    @classmethod
+    def run_options(cls, profile: Any, device: str) -> dict:
+        """Constructor options in a notebook run of `profile` (a `profiles.Profile`: methods sit below that
+        floor, so it is read by attribute) on `device`; {} keeps the registry's defaults."""
+        return {}
+
+    @classmethod
+    def training_options(cls, epochs: int | None) -> dict:
+        """Options that make a trained method train `epochs` epochs (None, or a training-free method: {})."""
+        return {}
+
+    @classmethod
+    def run_notes(cls, profile: Any, device: str) -> dict[str, str]:
+        """Lines the method adds to a run's description ({label: text}), e.g. how long it trains."""
+        return {}
+
+    def fitted_size(self) -> int | None:
+        """The size of the fitted model that tables report as K (prototypes, memory-bank rows); None if none."""
+        return None
+
+    def fit_summary(self) -> str | None:
+        """One line `protoad fit` prints about the fitted model (None: the method's label and fitted size)."""
+        return None
+
+    def fit_report(self) -> dict:
+        """Facts of the fit that `protoad evaluate` adds to its metrics (a trained method's length and loss)."""
+        return {}
 
     def __init__(self, backbone: Backbone, sigma: float = 4.0) -> None:
         super().__init__()

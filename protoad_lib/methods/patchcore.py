@@ -6,6 +6,8 @@ exact nearest-neighbour search with faiss; patch score = distance to the nearest
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import torch
 import torch.nn.functional as F
@@ -169,6 +171,15 @@ class PatchCore(AnomalyDetector):
         index = faiss.IndexFlatL2(self.memory_bank.shape[1])
         index.add(self.memory_bank.numpy())
         self._index = index
+
+    def fitted_size(self) -> int | None:
+        """Rows of the memory bank (None before the fit)."""
+        return None if self.memory_bank is None else int(self.memory_bank.shape[0])
+
+    @classmethod
+    def run_options(cls, profile: Any, device: str) -> dict:
+        """The profile's seed (the coreset sampler's)."""
+        return {"seed": profile.seed}
 
     def _require_fitted(self) -> None:
         if self.memory_bank is None or self._index is None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -201,7 +201,7 @@ class PRN(AnomalyDetector):
         """Fit on the good training images: prototypes from their backbone maps, then the network trained
         on synthesised anomalies (`epochs` x ceil(N / `train_batch_size`) steps). `batch_size` is the
         feature-extraction batch; `seen` optional real anomalies [(image [3, H, W], mask [1, H, W]), ...]
-        at the training images' size (take them with `choose_seen` and remove them from the test set)."""
+        at the training images' size (take them with `categories.choose_seen` and remove them from the test set)."""
         progress = progress and self.progress
         images = stacked_images(data, batch_size)
         self.to(device).eval()
@@ -231,6 +231,34 @@ class PRN(AnomalyDetector):
             for layer, update in zip(maps, fresh):
                 layer[changed.to(layer.device)] = update
         return self.logits_from_maps(maps)
+
+    # --- declarations (see AnomalyDetector) ----------------------------------------------------
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        parser.add_argument("--schedule", choices=tuple(SCHEDULES), default="cpu",
+                            help="PRN: 'cpu' (minutes on 2 cores) or 'full' (700 epochs, batch 48: a GPU)")
+        parser.add_argument("--epochs", type=int, default=None, help="PRN: epochs instead of the schedule's")
+
+    @classmethod
+    def options_from_cli(cls, args: Any) -> dict:
+        return {"schedule": args.schedule, "seed": args.seed} | ({"epochs": args.epochs} if args.epochs else {})
+
+    @classmethod
+    def run_options(cls, profile: Any, device: str) -> dict:
+        """The schedule of the run's device (`schedule_for`), the profile's seed, and its training length
+        (`Profile.prn_epochs`, when set; else the schedule's)."""
+        return {"seed": profile.seed, "schedule": schedule_for(device)} | cls.training_options(profile.prn_epochs)
+
+    @classmethod
+    def training_options(cls, epochs: int | None) -> dict:
+        return {} if epochs is None else {"epochs": int(epochs)}
+
+    @classmethod
+    def run_notes(cls, profile: Any, device: str) -> dict[str, str]:
+        return {"PRN": f"{training_epochs(device, profile.prn_epochs)} epochs, {schedule_for(device)} schedule"}
+
+    def fit_report(self) -> dict:
+        return {"schedule": self.schedule, "epochs": self.epochs, "final_loss": self.history[-1]}
 
     # --- persistence ----------------------------------------------------------------------------
     def options(self) -> dict:

@@ -110,19 +110,6 @@ def paste_seen(image: torch.Tensor, seen_image: torch.Tensor, seen_mask: torch.T
     return changed, (changed != image).any(dim=0, keepdim=True).float()
 
 
-def choose_seen(labels: Sequence[int] | torch.Tensor, n: int, seed: int = 0) -> list[int]:
-    """Indices (sorted) of `n` anomalous samples (label != 0) drawn at random with a generator seeded by `seed`.
-
-    The paper supervises with a few real anomalies per class (10 on MVTec AD); the caller trains on these
-    samples and must drop them from the test set (PRNet does not: its issue #10, docs/peer_methods.md)."""
-    labels = torch.as_tensor(labels).flatten()
-    anomalous = torch.nonzero(labels != 0).flatten()
-    if not 0 <= n <= len(anomalous):
-        raise ValueError(f"cannot choose {n} seen anomalies among {len(anomalous)} anomalous samples")
-    order = torch.randperm(len(anomalous), generator=torch.Generator().manual_seed(int(seed)))
-    return sorted(int(i) for i in anomalous[order[:n]])
-
-
 class TextureSource:
     """Textures [3, H, W] in 0..1: images of `texture_dir` (any depth, resized bilinearly to the image size)
     when given, else procedural ones (`procedural_texture`) [ours]."""

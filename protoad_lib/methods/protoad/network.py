@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,6 +149,35 @@ class ProtoAD(AnomalyDetector):
     @property
     def k(self) -> int:
         return 0 if self.head is None else self.head.prototypes.shape[0]
+
+    # --- declarations (see AnomalyDetector) ------------------------------------------------------------
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        parser.add_argument("--level", type=int, default=None, help="ProtoAD: FINCH partition level (default: rule below)")
+        parser.add_argument("--max-prototypes", type=int, default=DEFAULT_MAX_PROTOTYPES,
+                            help="ProtoAD: default level = the finest FINCH level with at most this many clusters")
+        parser.add_argument("--max-vectors", type=int, default=DEFAULT_MAX_VECTORS,
+                            help="ProtoAD: patch vectors clustered at most")
+        parser.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified",
+                            help="ProtoAD: how the clustered patch vectors are drawn")
+
+    @classmethod
+    def options_from_cli(cls, args: Any) -> dict:
+        return {"config": ProtoADConfig(level=args.level, max_prototypes=args.max_prototypes,
+                                        max_vectors=args.max_vectors, subsampling=args.subsampling, seed=args.seed)}
+
+    @classmethod
+    def run_options(cls, profile: Any, device: str) -> dict:
+        """The profile's clustering budget (`Profile.max_vectors`) and seed."""
+        return {"config": ProtoADConfig(max_vectors=int(profile.max_vectors), seed=profile.seed)}
+
+    def fitted_size(self) -> int | None:
+        return int(self.k)
+
+    def fit_summary(self) -> str | None:
+        chosen = self.prototype_set
+        levels = chosen.hierarchy.num_clusters if chosen is not None and chosen.hierarchy else []
+        return f"FINCH levels (K): {levels}  level: {None if chosen is None else chosen.level}  K: {self.k}"
 
     def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return combine_layers(maps)
