@@ -11,8 +11,8 @@ from ..backbones import Backbone
 from ..evaluation import CategoryData, metrics_of
 from ..methods import Predictions, get_method, make_detector
 from ..methods.npad import NPad, fit_sharing_gaussians
+from ..metrics import HEADLINE_METRICS
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 #: What notebook 07 varies: the neighbourhood radius, the number of centroids (0: no centroid term),
 #: the test-time neighbourhood and the fusion rule of the two standardised scores (a value may be a
 #: dict of options, for the weighted rule with its weight).
@@ -57,7 +57,7 @@ def npad_ablation(backbone: Backbone, data: CategoryData,
         label = ", ".join(f"{name} = {setting}" for name, setting in changed.items())
         rows.append({"ablation": f"npad_{option}", "setting": label, "category": data.name,
                      "value": str(changed[option]), "default": all(defaults[k] == v for k, v in changed.items()),
-                     "K": int(result["K"]), **{metric: result[metric] for metric in METRICS}})
+                     "K": int(result["K"]), **{metric: result[metric] for metric in HEADLINE_METRICS}})
     return pd.DataFrame(rows)
 
 
