@@ -1,4 +1,5 @@
-"""PatchCore, PaDiM and the greedy coreset sampler: equivalence with slow references, end to end, persistence."""
+"""PatchCore (methods/patchcore.py) and PaDiM (methods/padim.py): equivalence with slow references, end to end,
+persistence."""
 
 import json
 import math
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from protoad_lib.backbones import load_backbone
-from protoad_lib.methods import GreedyCoresetSampler, PaDiM, PatchCore
+from protoad_lib.methods import PaDiM, PatchCore
 from protoad_lib.methods.padim import default_n_features, random_channel_subset
 from protoad_lib.methods.patchcore import patchcore_embedding
 from protoad_lib.features import combine_layers
@@ -91,52 +92,6 @@ def test_patchcore_features_use_the_stride_8_and_16_maps(backbone):
     assert features.shape == (2, 1024, 8, 8)
     torch.testing.assert_close(features, patchcore_embedding(maps[1:]))
     torch.testing.assert_close(detector.features_from_embedding(combine_layers(maps)), features)
-
-
-# --- coreset -------------------------------------------------------------------------------------
-
-
-def covering_radius(points: torch.Tensor, centres: torch.Tensor) -> float:
-    return torch.cdist(points.double(), centres.double()).min(dim=1).values.max().item()
-
-
-def test_coreset_size_uniqueness_and_determinism():
-    features = torch.randn(500, 64, generator=torch.Generator().manual_seed(0))
-    sampler = GreedyCoresetSampler(fraction=0.1, seed=3, progress=False)
-    first = sampler.select(features)
-    assert first.dtype == torch.long and first.shape == (50,)
-    assert len(set(first.tolist())) == 50 and 0 <= first.min() and first.max() < 500
-    assert torch.equal(first, GreedyCoresetSampler(fraction=0.1, seed=3, progress=False).select(features))
-    assert not torch.equal(first, GreedyCoresetSampler(fraction=0.1, seed=4, progress=False).select(features))
-    assert GreedyCoresetSampler(fraction=0.01, progress=False).select(features).shape == (5,)
-    assert sampler.select(features, n_samples=7).shape == (7,)
-    assert torch.equal(GreedyCoresetSampler(fraction=1.0).select(features), torch.arange(500))
-
-
-def test_coreset_indices_stay_unique_with_duplicated_points():
-    features = torch.randn(5, 8, generator=torch.Generator().manual_seed(0)).repeat(4, 1)
-    chosen = GreedyCoresetSampler(fraction=0.5, progress=False).select(features)
-    assert len(set(chosen.tolist())) == 10
-
-
-def test_coreset_covers_every_well_separated_cluster():
-    generator = torch.Generator().manual_seed(0)
-    centres = torch.randn(8, 32, generator=generator) * 50
-    labels = torch.arange(8).repeat_interleave(100)
-    points = centres[labels] + torch.randn(800, 32, generator=generator)
-    chosen = GreedyCoresetSampler(fraction=0.01, seed=0, progress=False).select(points)
-    assert chosen.shape == (8,)
-    assert sorted(labels[chosen].tolist()) == list(range(8))
-
-
-def test_greedy_coreset_covers_much_better_than_a_random_subset():
-    generator = torch.Generator().manual_seed(0)
-    points = torch.rand(2000, 2, generator=generator)
-    chosen = GreedyCoresetSampler(fraction=0.025, projection_dim=None, seed=0, progress=False).select(points)
-    random_subset = torch.randperm(2000, generator=generator)[: len(chosen)]
-    greedy_radius = covering_radius(points, points[chosen])
-    random_radius = covering_radius(points, points[random_subset])
-    assert greedy_radius < 0.6 * random_radius
 
 
 # --- PatchCore scoring ---------------------------------------------------------------------------

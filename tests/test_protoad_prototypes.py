@@ -1,4 +1,5 @@
-"""Prototypes: FINCH hierarchy equals finch-clust's own, subsampling and alternatives behave."""
+"""ProtoAD prototypes (methods/protoad/prototypes.py): FINCH hierarchy equals finch-clust's own, subsampling and
+alternatives behave."""
 
 import numpy as np
 import pytest

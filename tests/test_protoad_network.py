@@ -1,4 +1,4 @@
-"""ProtoAD network: equals brute-force nearest-prototype search; smoothing matches scipy."""
+"""ProtoAD network (methods/protoad/network.py): equals brute-force nearest-prototype search; smoothing matches scipy."""
 
 import numpy as np
 import pytest
