@@ -132,10 +132,12 @@ def command_evaluate(args: argparse.Namespace) -> None:
 def command_bench(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .data import DatasetError
-    from .experiments.bench import format_table, load_images, run_benchmark, save_json, speed_ratios
+    from .experiments.bench import run_benchmark
+    from .experiments.bench_images import load_images
+    from .experiments.bench_json import save_json
+    from .experiments.bench_text import format_fit_table, format_table, speed_ratios
     from .experiments.fit_scaling import fit_time_vs_images
     from .experiments.scaling import head_cost_vs_k, memory_bank_cost
-    from .report.speed_views import fit_time_table
 
     try:
         result = run_benchmark(
@@ -154,7 +156,7 @@ def command_bench(args: argparse.Namespace) -> None:
         images, _ = load_images(args.data_root, args.category, args.image_size, max(args.fit_counts))
         result["fit_time_vs_images"] = fit_time_vs_images(load_backbone(args.backbone, weights=args.weights), images,
                                                           args.fit_counts, device=args.device)
-        print(fit_time_table(result["fit_time_vs_images"]).to_string(index=False))
+        print(format_fit_table(result["fit_time_vs_images"]))
     env = result["env"]
     print(f"{env['cpu']} | torch {env['torch']} | {env['torch_threads']} threads | device {env['device']} | "
           f"load average {env['loadavg_start']} -> {env['loadavg_end']}")

@@ -1,4 +1,5 @@
-"""Papermill runner for the notebook series: `python -m protoad_lib.run --profile demo|paper`.
+"""Papermill runner for the notebook series: `protoad run --profile demo|paper` (or `python -m protoad_lib.run`,
+the same command: its options are parsed in `cli.py`).
 
 Runs ``notebooks/0*.ipynb`` in order with papermill (parameters ``profile=<name>`` and
 ``results_dir=<results>/<profile>`` injected, cwd = the notebooks folder), so every CSV and figure
@@ -21,8 +22,6 @@ exactly what is committed.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import logging
 import signal
 import sys
@@ -35,7 +34,7 @@ from .atomic import atomic_output
 from .html_pages import write_html_report
 from .kernels import QuietKernelManager
 from .profiles import PROFILES as PROFILE_SETTINGS
-from .profiles import REPO_ROOT
+from .profiles import REPO_ROOT, get_profile
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RESULTS_DIR = REPO_ROOT / "results"
@@ -258,12 +257,13 @@ def run_notebooks(
 ) -> list[NotebookResult]:
     """Run the selected notebooks in series order; stops at (and raises) the first failure.
 
-    ``stream`` (default: every profile but the demo) prints each notebook's output as it runs. The
+    ``stream`` (default: every profile but a quiet one, the demo) prints each notebook's output as it runs. The
     executed notebooks are also written as HTML with an index page (``write_html_report``).
     """
-    if update_notebooks and profile != "demo":
-        raise ValueError("--update-notebooks is for the demo profile only: the committed notebooks "
-                         "carry demo outputs (nbval re-executes them with the defaults)")
+    if update_notebooks and not get_profile(profile).commits_notebooks:
+        committed = ", ".join(name for name, chosen in PROFILE_SETTINGS.items() if chosen.commits_notebooks)
+        raise ValueError(f"--update-notebooks is for the {committed} profile only: the committed notebooks "
+                         f"carry {committed} outputs (nbval re-executes them with the defaults)")
     if update_notebooks and parameters:
         raise ValueError("--update-notebooks cannot be combined with extra parameters: the committed "
                          "notebooks must show what their own defaults produce")
@@ -271,7 +271,7 @@ def run_notebooks(
     selected = select_notebooks(discover_notebooks(notebooks_dir), notebooks)
     if not selected:
         raise ValueError(f"no notebooks (0*.ipynb) in {notebooks_dir}")
-    stream = profile != "demo" if stream is None else stream
+    stream = not get_profile(profile).quiet if stream is None else stream
     if stream:
         _stream_papermill_log()
     results: list[NotebookResult] = []
@@ -320,51 +320,6 @@ def _stream_papermill_log() -> None:
 # --------------------------------------------------------------------------- command line
 
 
-def _parse_value(text: str) -> Any:
-    """``KEY=VALUE`` values: Python literals (numbers, None, lists, quoted strings) else plain text."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _parse_parameters(items: Sequence[str]) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {item!r}")
-        parameters[key.strip()] = _parse_value(value)
-    return parameters
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m protoad_lib.run",
-        description="Run the numbered notebooks with papermill; executed copies go to "
-                    "results/<profile>/executed/.",
-    )
-    parser.add_argument("--profile", choices=PROFILES, default="demo",
-                        help="run profile injected as the `profile` parameter (default: demo)")
-    parser.add_argument("--notebooks", default=None,
-                        help="comma-separated numbers or names, e.g. 01,03 (default: all 0*.ipynb)")
-    parser.add_argument("--update-notebooks", action="store_true",
-                        help="demo only: copy the executed notebooks (papermill traces removed) back "
-                             "over notebooks/ so they carry their demo outputs")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="do not stream the notebooks' output (streamed by default except for the demo)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra notebook parameter, e.g. --param device=cuda or "
-                             "--param \"categories=['bottle']\" (repeatable)")
-    parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
-                        help="folder with the notebooks (default: the repository's notebooks/)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help="results root: every table and figure goes to <results-dir>/<profile>/, executed "
-                             "copies to <results-dir>/<profile>/executed (default: the repository's results/)")
-    return parser
-
-
 def stop_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (`kill`, `timeout`, a batch scheduler's time limit) ends the run as Ctrl-C does: the running
     kernel is shut down and the unfinished executed copy is removed (by default the process would just die)."""
@@ -372,29 +327,11 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        parameters = _parse_parameters(args.param)
-    except argparse.ArgumentTypeError as error:
-        parser.error(str(error))
-    try:
-        run_notebooks(
-            args.profile, args.notebooks, args.notebooks_dir, args.results_dir, args.kernel,
-            parameters, args.update_notebooks, stream=False if args.quiet else None,
-        )
-    except NotebookRunError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 1
-    except RunStopped as stopped:
-        print(stopped.message, file=sys.stderr, flush=True)
-        return stopped.code
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    """`python -m protoad_lib.run ...` is `protoad run ...`: one parser, in `cli.py`."""
+    from .cli import main as cli_main
+
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
     sys.exit(main())

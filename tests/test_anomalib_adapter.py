@@ -5,19 +5,27 @@ import torch
 
 pytest.importorskip("anomalib", reason="the optional `peers` extra is not installed (make bench-peers installs it)")
 
-from protoad_lib.experiments.anomalib_adapter import AnomalibDetector  # noqa: E402
 from protoad_lib.experiments.bench import run_benchmark  # noqa: E402
+from protoad_lib.methods import REGISTRY, fitted_size, make_detector, peer_names  # noqa: E402
+from protoad_lib.methods.anomalib_peers import AnomalibPatchCore  # noqa: E402
 
 
-@pytest.mark.parametrize("kind", ["patchcore", "padim"])
-def test_adapter_fits_and_returns_maps_and_scores(kind, random_lite0):
+def test_the_peers_are_registry_entries_when_anomalib_imports():
+    assert peer_names() == ("anomalib_patchcore", "anomalib_padim")
+    assert all(REGISTRY[name].peer and not REGISTRY[name].compared for name in peer_names())
+
+
+@pytest.mark.parametrize("name", ["anomalib_patchcore", "anomalib_padim"])
+def test_adapter_fits_and_returns_maps_and_scores(name, random_lite0):
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    detector = AnomalibDetector(kind, random_lite0).fit([{"image": images[:2]}, {"image": images[2:]}])
+    detector = make_detector(name, random_lite0).fit([{"image": images[:2]}, {"image": images[2:]}])
     maps, scores = detector(images[:3])
     assert maps.shape == (3, 64, 64) and scores.shape == (3,)
     assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
-    if kind == "patchcore":
-        assert len(detector.memory_bank) == int(0.1 * 4 * 8 * 8)  # our PatchCore keeps as many
+    if isinstance(detector, AnomalibPatchCore):
+        assert len(detector.memory_bank) == int(0.1 * 4 * 8 * 8) == fitted_size(detector)  # our PatchCore keeps as many
+    else:
+        assert fitted_size(detector) is None
 
 
 def test_benchmark_has_working_anomalib_rows(tiny_benchmark):
@@ -31,12 +39,12 @@ def test_benchmark_has_working_anomalib_rows(tiny_benchmark):
 def test_our_coreset_sampler_picks_anomalibs_own_embeddings(random_lite0):
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     batches = [{"image": images[:2]}, {"image": images[2:]}]
-    every = AnomalibDetector("patchcore", random_lite0, coreset_fraction=1.0).fit(batches).memory_bank
-    ours = AnomalibDetector("patchcore", random_lite0, coreset_sampler="ours").fit(batches)
+    every = AnomalibPatchCore(random_lite0, coreset_fraction=1.0).fit(batches).memory_bank
+    ours = AnomalibPatchCore(random_lite0, coreset_sampler="ours").fit(batches)
     assert len(ours.memory_bank) == int(0.1 * len(every))
     distances = torch.cdist(ours.memory_bank, every, compute_mode="donot_use_mm_for_euclid_dist")
     assert distances.min(dim=1).values.max() < 1e-5  # a subset of anomalib's own embeddings
     maps, scores = ours(images[:3])
     assert maps.shape == (3, 64, 64) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="coreset_sampler"):
-        AnomalibDetector("patchcore", random_lite0, coreset_sampler="random")
+        AnomalibPatchCore(random_lite0, coreset_sampler="random")

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from protoad_lib.experiments import bench, measure, scaling
+from protoad_lib import measure
+from protoad_lib.experiments import bench, scaling
 from protoad_lib.methods import bench_names
 
 ROW_KEYS = {"method", "batch_size", "images_per_s", "p50_ms", "p95_ms", "min_ms", "head_ms", "peak_mem_mb", "fit_s",
@@ -142,6 +143,14 @@ def test_save_json_round_trip(result, tmp_path):
     assert "protoad" in bench.format_table(result)
 
 
+def test_fit_table_text_has_a_column_per_method():
+    rows = [{"method": "protoad", "n_images": 2, "fit_s": 0.5}, {"method": "padim", "n_images": 2, "fit_s": 0.25},
+            {"method": "protoad", "n_images": 4, "fit_s": 1.0}]
+    header, first, second = bench.format_fit_table(rows).splitlines()
+    assert "protoad fit s" in header and "padim fit s" in header
+    assert first.split() == ["2", "0.50", "0.25"] and second.split() == ["4", "1.00", "-"]
+
+
 def test_head_cost_vs_k_rows():
     rows = scaling.head_cost_vs_k(channels=(4, 6, 8), ks=(3, 30), grid=(8, 8), repeats=2, warmup=1, progress=False)
     assert [r["k"] for r in rows] == [3, 30]
@@ -190,8 +199,8 @@ def test_a_failing_peer_row_is_warned_about():
 def test_paper_profile_benchmarks_prn_after_one_epoch(random_lite0):
     from protoad_lib.profiles import get_profile
 
-    assert bench.benchmark_settings(get_profile("paper")).method_options() == {"prn": {"epochs": 1}}
-    assert bench.benchmark_settings(get_profile("demo")).method_options() == {}
+    assert bench.bench_options(bench.benchmark_settings(get_profile("paper"))) == {"prn": {"epochs": 1}}
+    assert bench.bench_options(get_profile("demo").bench) == {}
     images = torch.rand(2, 3, 64, 64)
     fitted = bench.fit_method("prn", random_lite0, images, "cpu", options={"epochs": 1, "width": 4})
     assert fitted.detector.epochs == 1 and len(fitted.detector.history) == 1

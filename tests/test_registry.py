@@ -24,7 +24,10 @@ def _choices(command: str, flag: str) -> tuple[str, ...]:
     return tuple(next(a for a in _subparser(command)._actions if flag in a.option_strings).choices)
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+OURS = [name for name, spec in REGISTRY.items() if not spec.peer]  # peers (anomalib's) are timed, not saved
+
+
+@pytest.mark.parametrize("name", OURS)
 def test_method_fits_saves_loads_and_predicts_the_same_maps(name, tiny_benchmark, random_lite0, tmp_path):
     spec = get_method(name)
     detector = make_detector(name, random_lite0, **FAST.get(spec.variant_of or name, {}))
@@ -44,6 +47,24 @@ def test_method_fits_saves_loads_and_predicts_the_same_maps(name, tiny_benchmark
     after = loaded.predict(test, batch_size=4, progress=False)
     torch.testing.assert_close(after.maps, before.maps, rtol=0, atol=1e-6)
     torch.testing.assert_close(after.scores, before.scores, rtol=0, atol=1e-6)
+    size = detector.fitted_size()
+    assert size is None or (isinstance(size, int) and size > 0)
+    assert isinstance(detector.fit_report(), dict) and isinstance(detector.fit_summary() or "", str)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_command_line_defaults_build_the_registry_default(name, random_lite0):
+    """A method's own flags, left at their defaults, build the detector the registry builds (the command line
+    changes no number), and its options in a run of each profile build a detector."""
+    from protoad_lib.profiles import PROFILES
+
+    for argv in (["fit", "--out", "m"], ["evaluate"]):
+        args = build_parser().parse_args([*argv, "--data-root", "d", "--category", "c", "--method", name])
+        declared = get_method(name).detector.options_from_cli(args)
+        assert make_detector(name, random_lite0, **declared).config() == make_detector(name, random_lite0).config()
+    for profile in PROFILES.values():
+        for device in ("cpu", "cuda"):
+            make_detector(name, random_lite0, **get_method(name).detector.run_options(profile, device))
 
 
 def test_command_line_choices_are_the_registry():

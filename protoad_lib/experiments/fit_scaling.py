@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import torch
 
 from ..backbones import Backbone
+from ..methods import get_method, peer_names
 from ..progress import progress_bar
-from ..machine import anomalib_version
-from .bench import ANOMALIB_METHODS, fit_method, peer_failure
+from .bench_memory import fit_method, peer_failure
 
 FIT_METHODS: tuple[str, ...] = ("protoad", "patchcore_10", "padim", "npad")
 
@@ -21,10 +21,10 @@ def fit_time_vs_images(backbone: Backbone, images: torch.Tensor, counts: Sequenc
 
     One row per (method, n): `fit_s` (backbone pass included, as `protoad fit` runs it), `fit_peak_mem_mb`
     (peak during the fit above what was in use before), `size` (prototypes / bank rows; None for PaDiM).
-    anomalib's PatchCore and PaDiM are added when anomalib is importable; a failing one is warned about
-    and left out.
+    The registered peers (anomalib's PatchCore and PaDiM, when anomalib is installed) are added with
+    `include_anomalib`; a failing one is warned about and left out.
     """
-    names = list(methods) + (list(ANOMALIB_METHODS) if include_anomalib and anomalib_version() else [])
+    names = list(methods) + (list(peer_names()) if include_anomalib else [])
     rows = []
     for count in progress_bar(sorted({min(int(n), len(images)) for n in counts}), desc="fit vs images",
                               enabled=progress):
@@ -32,7 +32,7 @@ def fit_time_vs_images(backbone: Backbone, images: torch.Tensor, counts: Sequenc
             try:
                 fitted = fit_method(method, backbone, images[:count], device)
             except Exception as error:  # noqa: BLE001 - an optional peer must not stop the curve
-                if not method.startswith("anomalib_"):
+                if not get_method(method).peer:
                     raise
                 peer_failure(method, error)
                 continue
