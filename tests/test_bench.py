@@ -204,3 +204,18 @@ def test_paper_profile_benchmarks_prn_after_one_epoch(random_lite0):
     images = torch.rand(2, 3, 64, 64)
     fitted = bench.fit_method("prn", random_lite0, images, "cpu", options={"epochs": 1, "width": 4})
     assert fitted.detector.epochs == 1 and len(fitted.detector.history) == 1
+
+
+def test_the_speed_study_runs_notebook_06_section_by_section(tmp_path):
+    from protoad_lib.experiments.speed_study import speed_study
+    from protoad_lib.session import setup
+
+    run = setup(profile="demo", categories=["weave"], backbone="efficientnet_lite0@random", smoke=True,
+                data_root=tmp_path, results_dir=tmp_path / "results")
+    study = speed_study(run)
+    assert study.settings == run.profile.bench and study.category == "weave"
+    assert "benchmark category: synthetic_mini/weave" in study.describe()
+    rows = study.bank_size()
+    assert [r["bank_size"] for r in rows] == list(study.settings.bank_sizes)
+    assert study.bank_size() == rows  # stored: the second call reads what the first measured
+    assert [r["k"] for r in study.head_vs_k()] == list(study.settings.head_ks)
