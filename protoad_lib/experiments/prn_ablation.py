@@ -8,8 +8,10 @@ from typing import Sequence
 import pandas as pd
 
 from ..backbones import Backbone
-from ..evaluation import CategoryData, fit_and_score
+from ..categories import CategoryData
+from ..evaluation import fit_and_score
 from ..methods import make_detector
+from ..metrics import HEADLINE_METRICS
 
 
 def prn_ablation(backbone: Backbone, data: CategoryData, epochs: Sequence[int], seen: Sequence[int],
@@ -31,5 +33,5 @@ def prn_ablation(backbone: Backbone, data: CategoryData, epochs: Sequence[int], 
         rows.append({"ablation": "prn", "setting": label, "category": data.name, "epochs": n_epochs,
                      "seen": n_seen, "excluded": excluded, "final_loss": detector.history[-1],
                      "history": list(detector.history), "K": 0,
-                     **{m: scored.metrics[m] for m in ("image_auroc", "pixel_auroc", "aupro")}})
+                     **{m: scored.metrics[m] for m in HEADLINE_METRICS}})
     return pd.DataFrame(rows)
