@@ -16,11 +16,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ..data import example_indices
-from ..experiments.comparison import EXAMPLE_DEFECTS, Evaluation
-from ..methods import REGISTRY, method_label, method_names
+from ..experiments.evaluation_study import OverlayExample
+from ..methods import REGISTRY, method_label
+from ..metrics import HEADLINE_METRICS
 from ..overlays import overlay
-from ..session import RunSetup
 
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
@@ -35,7 +34,7 @@ def mean_label(dataset: str, n_categories: int, complete: Sequence[str] | None) 
 
 def results_table(results: pd.DataFrame, decimals: int = 4, complete: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-category metrics with a mean row per dataset and method (see `mean_label`; `complete` from
-    `complete_datasets(run)`), method names spelled out, rounded."""
+    `evaluation_study.complete_datasets(run)`), method names spelled out, rounded."""
     metrics = [m for m in METRIC_LABELS if m in results]
     parts = []
     for (dataset, method), group in results.groupby(["dataset", "method"], sort=False):
@@ -80,17 +79,10 @@ def timing_table(timings: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     return table
 
 
-def complete_datasets(run: RunSetup) -> list[str]:
-    """Datasets of a run whose categories were all selected: only
-    their means are comparable with published means over the whole benchmark."""
-    selected = set(run.category_names)
-    return [spec.name for spec in run.profile.datasets if set(spec.categories) <= selected]
-
-
 # --------------------------------------------------------------------------- figures
 
 
-def category_bars(results: pd.DataFrame, metrics: Sequence[str] = ("image_auroc", "pixel_auroc", "aupro"),
+def category_bars(results: pd.DataFrame, metrics: Sequence[str] = HEADLINE_METRICS,
                   title: str = "Per-category results", complete: Sequence[str] | None = None) -> Figure:
     """Grouped bars per category (plus each dataset's mean), one bar per method, one panel per metric."""
     table = results_table(results, decimals=6, complete=complete)
@@ -126,35 +118,31 @@ def category_bars(results: pd.DataFrame, metrics: Sequence[str] = ("image_auroc"
     return fig
 
 
-def overlay_grid(evaluation: Evaluation, methods: Sequence[str] | None = None, panel: float = 1.8) -> Figure:
-    """Qualitative results: per category the first good test image and the first image of the first
-    `EXAMPLE_DEFECTS` defect types; columns: image with the ground-truth outline, then each method's
-    anomaly map over the image, each with a colour bar. Colour scale per method and category from its
-    maps of the good test images (`MethodResult.normal_scale`: 1st..99.9th percentile), so red means
-    "beyond the most extreme normal pixels" in every method and outliers cannot wash a method out."""
-    methods = method_names() if methods is None else tuple(methods)
-    rows = [(category, test, index) for category, test in evaluation.tests.items()
-            for index in example_indices(test, EXAMPLE_DEFECTS)]
-    fig, axes = plt.subplots(len(rows), 1 + len(methods), figsize=(panel * 1.25 * (1 + len(methods)) + 0.4,
-                                                                   panel * len(rows) + 0.7), squeeze=False)
-    for r, (category, test, index) in enumerate(rows):
-        sample = test[index]
-        image, mask = sample["image"], sample["mask"][0].numpy()
-        label = f"{category}\n{test.samples[index].defect_type}"
+def overlay_grid(examples: Sequence[OverlayExample], panel: float = 1.8) -> Figure:
+    """Qualitative results (`evaluation_study.overlay_examples`): per example test image, the image with the
+    ground-truth outline, then each method's anomaly map over the image, each with a colour bar. Colour scale
+    per method and category from its maps of the good test images (`MethodResult.normal_scale`: 1st..99.9th
+    percentile), so red means "beyond the most extreme normal pixels" in every method and outliers cannot
+    wash a method out."""
+    methods = list(examples[0].maps)
+    fig, axes = plt.subplots(len(examples), 1 + len(methods), figsize=(panel * 1.25 * (1 + len(methods)) + 0.4,
+                                                                       panel * len(examples) + 0.7), squeeze=False)
+    for r, example in enumerate(examples):
+        image, mask = example.sample["image"], example.sample["mask"][0].numpy()
+        label = f"{example.category}\n{example.sample['defect_type']}"
         axes[r, 0].imshow(np.clip(image.permute(1, 2, 0).numpy(), 0, 1))
         if mask.any():
             axes[r, 0].contour(mask, levels=[0.5], colors="red", linewidths=0.8)
         axes[r, 0].set_ylabel(label, fontsize=8)
         for c, method in enumerate(methods, start=1):
-            outcome = evaluation.outcomes[(category, method)]
-            vmin, vmax = outcome.normal_scale
-            axes[r, c].imshow(overlay(image, outcome.example_maps[index], vmin, vmax))
+            anomaly_map, (vmin, vmax), score = example.maps[method]
+            axes[r, c].imshow(overlay(image, anomaly_map, vmin, vmax))
             bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap="jet"), ax=axes[r, c], fraction=0.046,
                                pad=0.03, ticks=[vmin, vmax])
             bar.ax.set_yticklabels([f"{vmin:.3g}", f"{vmax:.3g}"], fontsize=6)
             if mask.any():
                 axes[r, c].contour(mask, levels=[0.5], colors="white", linewidths=0.7)
-            axes[r, c].set_title(f"score {float(outcome.scores[index]):.3g}", fontsize=7)
+            axes[r, c].set_title(f"score {score:.3g}", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -12,6 +12,7 @@ from typing import Iterable
 import pandas as pd
 
 from ..methods import REGISTRY
+from ..metrics import HEADLINE_METRICS
 from ..profiles import REPO_ROOT
 from .evaluation_views import METRIC_LABELS, results_table
 
@@ -53,7 +54,7 @@ def published_means(published: pd.DataFrame, dataset: str = "mvtec") -> pd.DataF
     means["source (short)"] = means.apply(_short_source, axis=1)
     table = means.pivot_table(index=["method", "setting", "source (short)"], columns="metric", values="value",
                               sort=False)
-    columns = [m for m in ("image_auroc", "pixel_auroc", "aupro") if m in table.columns]
+    columns = [m for m in HEADLINE_METRICS if m in table.columns]
     table = table[columns].rename(columns=METRIC_LABELS)
     table.columns.name = f"{dataset} mean (%)"
     return table
