@@ -1,36 +1,86 @@
-"""Measurements behind notebook 03: FINCH's hierarchy with its time and memory (tables and figures: `report.model_views`)."""
+"""Notebook 03's experiment: ProtoAD's prototype recipe per category with its cost, prototype usage, and FINCH vs k-means vs coreset."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
+import torch
 
-from ..measure import PeakMemory
-from ..methods.protoad.prototypes import DEFAULT_MAX_PROTOTYPES, FinchHierarchy, finch_hierarchy
+from ..measure import PeakMemory, stopwatch
+from ..methods.protoad import ProtoADConfig, prototype_usage
+from ..methods.protoad.prototypes import FinchHierarchy, cluster_prototypes, prototype_inputs
+from ..session import RunSetup
+from .ablation_plan import ablation_plan
+from .ablations import clustering_method_ablation, fit_baselines
+
+#: The prototype methods set against each other at equal K (notebook 07's clustering ablation has random too).
+COMPARED = ("finch", "kmeans", "coreset")
+#: The projection figure shows at most this many categories.
+PROJECTED = 3
 
 
 @dataclass
 class TimedHierarchy:
-    """A FINCH hierarchy with its cost: wall time and peak extra resident memory."""
+    """The recipe's FINCH hierarchy of one category with its cost (wall time and peak extra resident memory of
+    subsampling + clustering) and `level`: the finest within the prototype budget. (The fit's held-out level
+    rule may move up from it; notebook 07 shows where.)"""
 
     hierarchy: FinchHierarchy
     seconds: float
     peak_mb: float
     n_vectors: int
     dim: int
-
-    @property
-    def level(self) -> int:
-        """The level ProtoAD uses by default (finest with at most DEFAULT_MAX_PROTOTYPES clusters)."""
-        return self.hierarchy.default_level(DEFAULT_MAX_PROTOTYPES)
+    level: int
 
 
-def timed_finch(vectors: np.ndarray) -> TimedHierarchy:
-    """Run FINCH (no progress bar) and measure its time and peak memory."""
-    with PeakMemory("cpu") as memory:
-        start = time.perf_counter()
-        hierarchy = finch_hierarchy(vectors, progress=False)
-        seconds = time.perf_counter() - start
-    return TimedHierarchy(hierarchy, seconds, memory.peak_mb, int(vectors.shape[0]), int(vectors.shape[1]))
+@dataclass
+class ClusteringStudy:
+    """Per category: the timed hierarchy, how many training patches pick each prototype, and FINCH vs k-means
+    vs coreset at equal K (`comparison`, one row per method); `panels` ``(category, vectors, hierarchy,
+    level)`` for the projection figure (the first `PROJECTED` categories); `lines`: what was clustered."""
+
+    finch: dict[str, TimedHierarchy] = field(default_factory=dict)
+    usage: dict[str, np.ndarray] = field(default_factory=dict)
+    panels: list[tuple[str, np.ndarray, FinchHierarchy, int]] = field(default_factory=list)
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
+    lines: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return "\n".join(self.lines)
+
+
+def timed_inputs(features: torch.Tensor, config: ProtoADConfig) -> tuple[TimedHierarchy, np.ndarray]:
+    """ProtoAD's recipe up to the clustering (`prototype_inputs`: subsample, FINCH; no bar, no held-out set),
+    timed and memory-measured, and the clustered unit vectors."""
+    with PeakMemory("cpu") as memory, stopwatch() as watch:
+        inputs = prototype_inputs(features, config, held_out=False, progress=False)
+    level, _ = inputs.level_for(replace(config, level_margin=None))
+    n_vectors, dim = inputs.vectors.shape
+    return TimedHierarchy(inputs.hierarchy, watch.seconds, memory.peak_mb, int(n_vectors), int(dim), level), \
+        inputs.vectors
+
+
+def study_clustering(run: RunSetup) -> ClusteringStudy:
+    """One pass over the run's categories (one category's embeddings in memory at a time), with notebook 07's
+    reference configuration (`ablation_plan`): the timed recipe, prototype usage over every training patch
+    (not only the clustered subsample), and the clustering ablation on the same data."""
+    config = ablation_plan(run.profile, run.device).config(seed=run.seed)
+    study, comparisons = ClusteringStudy(), []
+    for spec, category in run.each_category("clustering"):
+        data = run.load(spec, category)
+        n, c, h, w = data.train_embeddings.shape
+        found, vectors = timed_inputs(data.train_embeddings, config)
+        study.finch[category] = found
+        study.lines.append(f"{category}: {n} images x {h * w} patches = {n * h * w} vectors of {c} channels; "
+                           f"clustering {len(vectors)} ({config.subsampling}, seed {config.seed})")
+        prototypes = cluster_prototypes(vectors, found.hierarchy.level_labels(found.level))
+        study.usage[category] = prototype_usage(data.train_embeddings, torch.from_numpy(prototypes))
+        if len(study.panels) < PROJECTED:
+            study.panels.append((category, vectors, found.hierarchy, found.level))
+        fits = fit_baselines(run.backbone, [data], config)
+        comparisons.append(clustering_method_ablation(run.backbone, [data], COMPARED, config, fits))
+        del data, fits
+    study.comparison = pd.concat(comparisons, ignore_index=True)
+    return study

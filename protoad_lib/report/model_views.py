@@ -37,6 +37,17 @@ def hierarchy_table(runs: dict[str, TimedHierarchy]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cost_table(runs: dict[str, TimedHierarchy]) -> pd.DataFrame:
+    """Per category: vectors clustered, their dimension and size, FINCH levels, and the recipe's time and peak
+    extra memory (measurements of this machine)."""
+    return pd.DataFrame([
+        {"category": category, "vectors": r.n_vectors, "dim": r.dim,
+         "input MB": round(r.n_vectors * r.dim * 4 / 2**20, 1), "levels": len(r.hierarchy.num_clusters),
+         "time (s)": round(r.seconds, 2), "peak extra memory (MB)": round(r.peak_mb, 1)}
+        for category, r in runs.items()
+    ])
+
+
 def plot_hierarchy(table: pd.DataFrame) -> Figure:
     """K per FINCH level (log scale), one line per category; the level ProtoAD uses is circled."""
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
