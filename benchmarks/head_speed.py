@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/head_speed.py [--n-train 200] [--repeats 30] [--json OUT]
 
-ProtoAD is fitted on N synthetic `weave` training images (`bench.load_images`, 224 px) twice: with the
+ProtoAD is fitted on N synthetic `weave` training images (`bench_images.load_images`, 224 px) twice: with the
 default FINCH level rule (held-out margin 0.5) and with the prototype budget alone (`level_margin=None`).
 The backbone alone and both models are then timed round-robin (`measure.time_interleaved`, warm-up
 discarded) on the same random batch; ratio = backbone p50 / ProtoAD p50 (1.0: the head is free).
@@ -17,7 +17,7 @@ import torch
 
 from protoad_lib.atomic import write_text_atomically
 from protoad_lib.backbones import load_backbone
-from protoad_lib.experiments.bench import load_images
+from protoad_lib.experiments.bench_images import load_images
 from protoad_lib.machine import environment
 from protoad_lib.measure import p50, time_interleaved
 from protoad_lib.methods.protoad import ProtoAD, ProtoADConfig

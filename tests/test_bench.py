@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from protoad_lib import measure
-from protoad_lib.experiments import bench, scaling
+from protoad_lib.experiments import bench, bench_json, bench_memory, bench_text, scaling
 from protoad_lib.methods import bench_names
 
 ROW_KEYS = {"method", "batch_size", "images_per_s", "p50_ms", "p95_ms", "min_ms", "head_ms", "peak_mem_mb", "fit_s",
@@ -134,19 +134,19 @@ def test_benchmark_json_shape(result):
 
 
 def test_save_json_round_trip(result, tmp_path):
-    path = bench.save_json(result, tmp_path / "out" / "bench.json")
+    path = bench_json.save_json(result, tmp_path / "out" / "bench.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(result))
     assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temporary left behind
-    bench.save_json({"a": 1}, path)  # overwrite in place
+    bench_json.save_json({"a": 1}, path)  # overwrite in place
     assert json.loads(path.read_text()) == {"a": 1}
-    assert "backbone" in bench.speed_ratios(result)[1]
-    assert "protoad" in bench.format_table(result)
+    assert "backbone" in bench_text.speed_ratios(result)[1]
+    assert "protoad" in bench_text.format_table(result)
 
 
 def test_fit_table_text_has_a_column_per_method():
     rows = [{"method": "protoad", "n_images": 2, "fit_s": 0.5}, {"method": "padim", "n_images": 2, "fit_s": 0.25},
             {"method": "protoad", "n_images": 4, "fit_s": 1.0}]
-    header, first, second = bench.format_fit_table(rows).splitlines()
+    header, first, second = bench_text.format_fit_table(rows).splitlines()
     assert "protoad fit s" in header and "padim fit s" in header
     assert first.split() == ["2", "0.50", "0.25"] and second.split() == ["4", "1.00", "-"]
 
@@ -193,16 +193,16 @@ def test_fit_time_vs_images_rows_table_and_figure(random_lite0):
 
 def test_a_failing_peer_row_is_warned_about():
     with pytest.warns(RuntimeWarning, match="anomalib_patchcore was left out: ValueError: broken"):
-        assert bench.peer_failure("anomalib_patchcore", ValueError("broken")) == "ValueError: broken"
+        assert bench_memory.peer_failure("anomalib_patchcore", ValueError("broken")) == "ValueError: broken"
 
 
 def test_paper_profile_benchmarks_prn_after_one_epoch(random_lite0):
     from protoad_lib.profiles import get_profile
 
-    assert bench.bench_options(bench.benchmark_settings(get_profile("paper"))) == {"prn": {"epochs": 1}}
+    assert bench.bench_options(get_profile("paper").bench) == {"prn": {"epochs": 1}}
     assert bench.bench_options(get_profile("demo").bench) == {}
     images = torch.rand(2, 3, 64, 64)
-    fitted = bench.fit_method("prn", random_lite0, images, "cpu", options={"epochs": 1, "width": 4})
+    fitted = bench_memory.fit_method("prn", random_lite0, images, "cpu", options={"epochs": 1, "width": 4})
     assert fitted.detector.epochs == 1 and len(fitted.detector.history) == 1
 
 

@@ -19,17 +19,10 @@ from ..data.transforms import PAPER_CROP
 from ..machine import environment, loadavg, set_threads
 from ..measure import PeakMemory, is_cuda, p50, p95, time_interleaved
 from ..methods import AnomalyDetector, bench_names, get_method, peer_names
-from ..profiles import BenchmarkSettings, Profile
+from ..profiles import BenchmarkSettings
 from ..progress import progress_bar
-from .bench_images import MINI_TRAIN_IMAGES, batch_of, load_images
-from .bench_json import save_json
-from .bench_memory import MEMORY_NOTE, Fitted, fit_method, peer_failure, state_mb
-from .bench_text import format_fit_table, format_table, speed_ratios
-
-__all__ = ["DEFAULT_METHODS", "MEMORY_NOTE", "MINI_TRAIN_IMAGES", "TIMING_NOTE", "BenchRequest", "BenchmarkRow",
-           "BenchmarkSettings", "Fitted", "batch_of", "bench_options", "benchmark_settings", "fit_method",
-           "format_fit_table", "format_table", "load_images", "peer_failure", "run_benchmark", "save_json",
-           "speed_ratios", "state_mb"]
+from .bench_images import batch_of, load_images
+from .bench_memory import MEMORY_NOTE, Fitted, fit_method, peer_failure
 
 TIMING_NOTE = (
     "p50_ms / p95_ms / min_ms: per-BATCH wall-clock latency of detector(images01) (backbone included), "
@@ -45,11 +38,6 @@ TIMING_NOTE = (
 )
 
 DEFAULT_METHODS: tuple[str, ...] = bench_names()
-
-
-def benchmark_settings(profile: Profile) -> BenchmarkSettings:
-    """What notebook 06 measures for `profile` (`Profile.bench`: demo, paper, or the smoke version's)."""
-    return profile.bench
 
 
 def bench_options(settings: BenchmarkSettings) -> dict[str, dict]:

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from ..experiments.bench import speed_ratios
+from ..experiments.bench_text import speed_ratios
 from ..methods import REGISTRY, method_label
 
 #: Rows of a benchmark that are not registered methods: the backbone alone and anomalib's models.
