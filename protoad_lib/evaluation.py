@@ -1,6 +1,6 @@
 """Fit a method on a category's good images, score its test set, and compute every metric.
 
-The category comes loaded (`categories.load_category`, re-exported here for the callers that score); what
+The category comes loaded (`categories.load_category`); what
 a method needs to know to fit (images or cached embeddings) it declares itself (`fits_on_images`).
 """
 
@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .categories import CategoryData, choose_seen, load_category, without_test_samples
+from .categories import CategoryData, choose_seen, without_test_samples
 from .measure import stopwatch
 from .methods import AnomalyDetector, Predictions
 from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
 
-__all__ = ["CategoryData", "Scored", "evaluate_on_category", "fit_and_score", "load_category", "metrics_of", "score",
-           "without_test_samples"]
+__all__ = ["Scored", "evaluate_on_category", "fit_and_score", "metrics_of", "score"]
 
 
 @dataclass

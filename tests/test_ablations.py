@@ -8,7 +8,7 @@ import pytest
 
 from protoad_lib.experiments import ablations
 from protoad_lib.experiments.ablations import METRIC_COLUMNS
-from protoad_lib.evaluation import load_category
+from protoad_lib.categories import load_category
 from protoad_lib.methods.protoad import ProtoADConfig
 from protoad_lib.profiles import get_profile
 from protoad_lib.report import ablation_views

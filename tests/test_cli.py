@@ -113,7 +113,7 @@ def no_embedding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the category was embedded and fitted before its test split was checked")
 
-    monkeypatch.setattr("protoad_lib.evaluation.load_category", refuse)
+    monkeypatch.setattr("protoad_lib.categories.load_category", refuse)
 
 
 def test_evaluate_refuses_a_test_split_of_good_images_only_before_fitting(benchmark, tmp_path, capsys, no_embedding):

@@ -210,7 +210,8 @@ def test_patch_level_ablation_fits_and_scores(random_lite0, weave):
 
 
 def test_seen_anomalies_are_trained_on_and_absent_from_the_scored_test_set(tiny_benchmark, random_lite0):
-    from protoad_lib.evaluation import fit_and_score, load_category
+    from protoad_lib.categories import load_category
+    from protoad_lib.evaluation import fit_and_score
     from protoad_lib.methods import make_detector
 
     data = load_category(random_lite0, tiny_benchmark, "weave", resize=64, image_size=64, progress=False)
@@ -225,7 +226,8 @@ def test_seen_anomalies_are_trained_on_and_absent_from_the_scored_test_set(tiny_
 
 def test_a_trained_method_trains_on_the_runs_device_and_is_scored_on_the_cpu(tiny_benchmark, random_lite0,
                                                                              monkeypatch):
-    from protoad_lib.evaluation import fit_and_score, load_category
+    from protoad_lib.categories import load_category
+    from protoad_lib.evaluation import fit_and_score
     from protoad_lib.methods import make_detector
 
     data = load_category(random_lite0, tiny_benchmark, "weave", resize=64, image_size=64, progress=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protoad_lib.evaluation import fit_and_score, load_category
+from protoad_lib.categories import load_category
+from protoad_lib.evaluation import fit_and_score
 from protoad_lib.methods import fitted_size, make_detector
 
 

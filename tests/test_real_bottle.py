@@ -7,7 +7,8 @@ import torch
 
 from protoad_lib.backbones import load_backbone
 from protoad_lib.data import AnomalyDataset, count_samples
-from protoad_lib.evaluation import evaluate_on_category, load_category
+from protoad_lib.categories import load_category
+from protoad_lib.evaluation import evaluate_on_category
 from protoad_lib.methods.protoad import ProtoAD
 
 REAL_BOTTLE = Path(__file__).resolve().parents[1].parent / "shared/data/mvtec_bottle_mini"

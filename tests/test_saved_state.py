@@ -22,7 +22,7 @@ from protoad_lib.caches import CacheFolder, cache_folders
 from protoad_lib.checkpoint import CheckpointError, load_detector, read_checkpoint, save_detector
 from protoad_lib.data import AnomalyDataset
 from protoad_lib.atomic import CacheWarning
-from protoad_lib.evaluation import load_category
+from protoad_lib.categories import load_category
 from protoad_lib.experiments.ablations import fit_baselines, sigma_ablation, timed
 from protoad_lib.experiments.comparison import MethodResult, score_method
 from protoad_lib.features import CacheKey, FeatureCache, embed_split

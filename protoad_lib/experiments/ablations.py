@@ -2,7 +2,7 @@
 
 ProtoAD: layers, FINCH level, the level rule (`level_rule`), clustering method, subsampling, image size, sigma,
 image-score rule.
-Every ablation takes the categories' cached stride-4 embeddings (`evaluation.CategoryData`), changes one
+Every ablation takes the categories' cached stride-4 embeddings (`categories.CategoryData`), changes one
 setting of ProtoAD at a time, and returns a DataFrame with one row per (setting, category) and the
 columns of `METRIC_COLUMNS` (fractions in 0..1, exact floats: round them for display). Everything is
 deterministic: subsampling, k-means, coreset and random prototypes are seeded by `ProtoADConfig.seed`.
@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from ..backbones import Backbone
-from ..evaluation import CategoryData, Scored, load_category, score
+from ..categories import CategoryData, load_category
+from ..evaluation import Scored, score
 from ..features import FeatureCache, combine_layers
 from ..measure import stopwatch
 from ..methods.base import split_layers

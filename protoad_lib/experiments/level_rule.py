@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 
 from ..backbones import Backbone
-from ..evaluation import CategoryData, score
+from ..categories import CategoryData
+from ..evaluation import score
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig
 from ..methods.protoad.prototypes import cluster_prototypes, prototype_inputs

@@ -8,7 +8,8 @@ import pandas as pd
 import torch
 
 from ..backbones import Backbone
-from ..evaluation import CategoryData, metrics_of
+from ..categories import CategoryData
+from ..evaluation import metrics_of
 from ..methods import Predictions, get_method, make_detector
 from ..methods.npad import NPad, fit_sharing_gaussians
 from ..metrics import HEADLINE_METRICS
