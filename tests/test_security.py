@@ -195,7 +195,7 @@ def test_the_feature_cache_never_writes_outside_its_folder(tmp_path: Path) -> No
 @pytest.mark.parametrize("categories", ["weave,../../x", ["../../x"]])
 def test_notebook_categories_parameter_refuses_a_path(categories: str | list[str]) -> None:
     with pytest.raises(ValueError, match="category '../../x' is not a folder name"):
-        setup("demo", categories)
+        setup(profile="demo", categories=categories)
 
 
 @pytest.mark.parametrize("command", [
