@@ -43,15 +43,6 @@ def old_kmeans_prototypes(vectors: np.ndarray, k: int, seed: int = 0, iterations
     return old_l2_normalise(kmeans.centroids), labels[:, 0]
 
 
-def old_holdout_split(count: int, fraction: float, seed: int):
-    everything = torch.arange(count)
-    if count < 3:
-        return everything, everything
-    n_held = min(count - 2, max(1, round(fraction * count)))
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed)))
-    return order[n_held:].sort().values, order[:n_held].sort().values
-
-
 def old_nearest_prototype_distance(features, prototypes, batch_size=4):
     units = F.normalize(prototypes.double(), dim=1)
     distances = []
@@ -122,19 +113,27 @@ def test_kmeans_takes_torch_or_numpy_and_clips_k():
 # --------------------------------------------------------------------------- hold-out split
 
 
+#: (count, fraction, seed) -> (fit, held-out) indices as the former N-pad split drew them (recorded).
+FORMER_SPLITS = {
+    (10, 0.2, 0): ([0, 2, 3, 5, 6, 7, 8, 9], [1, 4]),
+    (7, 0.5, 3): ([0, 1, 2], [3, 4, 5, 6]),
+    (2, 0.2, 0): ([0, 1], [0, 1]),
+}
+
+
 def test_holdout_split_is_the_former_one_for_npad_and_calibration():
     from protoad_lib.calibration import held_out_indices
     from protoad_lib.methods import npad
 
     assert npad.holdout_split is holdout_split  # N-pad and calibration share the component, not each other
-    for count in (1, 2, 3, 4, 7, 20, 97):
+    for (count, fraction, seed), (fit, held) in FORMER_SPLITS.items():
+        assert [part.tolist() for part in holdout_split(count, fraction, seed)] == [fit, held]
+    for count in (3, 4, 7, 20, 97):
         for fraction in (0.01, 0.2, 0.5, 0.9):
             for seed in (0, 1024):
-                expected = old_holdout_split(count, fraction, seed)
-                assert all(torch.equal(a, b) for a, b in zip(holdout_split(count, fraction, seed), expected))
                 calibrated = held_out_indices(count, fraction, seed)
                 if calibrated is not None:
-                    assert all(torch.equal(a, b) for a, b in zip(calibrated, expected))
+                    assert all(torch.equal(a, b) for a, b in zip(calibrated, holdout_split(count, fraction, seed)))
 
 
 def test_calibration_does_not_import_npad():
