@@ -111,15 +111,17 @@ def command_evaluate(args: argparse.Namespace) -> None:
                        f"{', '.join(m for m in method_names() if get_method(m).detector.fits_on_images)})")
     try:
         check_test_split(args)
-        backbone = load_backbone(args.backbone)
+        backbone = load_backbone(args.backbone, weights=args.weights)
         data = load_category(backbone, args.data_root, args.category, layout=args.layout, resize=args.resize,
                              image_size=args.image_size, batch_size=args.batch_size, device=args.device)
     except DatasetError as error:
         raise CliError(str(error)) from error
     detector = make_detector(args.method, backbone, **_method_options(args))
     result = evaluate_on_category(detector, data, seen=args.seen_anomalies, seed=args.seed, device=args.device)
+    size = detector.fitted_size()
     metrics = result.metrics | {"embed_s": data.embed_s, "method": args.method, "backbone": args.backbone,
-                                "category": args.category} | detector.fit_report()
+                                "weights": args.weights, "category": args.category} \
+        | ({"fitted_size": size} if size is not None else {}) | detector.fit_report()
     if trained:
         metrics["seen_anomalies"] = ";".join(result.seen)
     width = max(len(key) for key in metrics)
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--layout", choices=("mvtec", "btad"), default="mvtec")
     evaluate.add_argument("--method", choices=method_names(), default="protoad", help=_method_help())
     evaluate.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    evaluate.add_argument("--weights", default="imagenet",
+                          help="'imagenet', a state-dict file, or 'random' (measures time and memory at paper "
+                               "scale where ImageNet weights are not on disk; its metrics mean nothing)")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--resize", type=int, default=PAPER_RESIZE,
                           help=f"resize side before the centre crop (paper: {PAPER_RESIZE})")

@@ -67,7 +67,16 @@ def test_evaluate_writes_all_metric_keys(benchmark, tmp_path, capsys):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["n_train"] == 6 and metrics["n_test"] == 5
     assert metrics["fit_s"] > 0 and metrics["infer_s"] > 0
+    assert metrics["weights"] == "imagenet" and metrics["K"] == metrics["fitted_size"] > 0
+    assert metrics["K"] == metrics["finch_levels"][metrics["finch_level"]]  # the model size, truthfully
     assert "image_auroc" in capsys.readouterr().out
+
+
+def test_evaluate_with_random_weights_says_so(benchmark, tmp_path):
+    report = tmp_path / "metrics.json"
+    code = main(["evaluate", "--data-root", str(benchmark), "--category", "weave", "--method", "padim",
+                 "--weights", "random", "--resize", "128", "--image-size", "112", "--json", str(report)])
+    assert code == 0 and json.loads(report.read_text())["weights"] == "random"
 
 
 def test_evaluate_wrong_category_exits_2(benchmark, capsys):

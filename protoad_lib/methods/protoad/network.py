@@ -174,6 +174,13 @@ class ProtoAD(AnomalyDetector):
     def fitted_size(self) -> int | None:
         return int(self.k)
 
+    def fit_report(self) -> dict:
+        """The model's size as `protoad evaluate` reports it: K, the FINCH level chosen and every level's K."""
+        chosen = self.prototype_set
+        levels = chosen.hierarchy.num_clusters if chosen is not None and chosen.hierarchy else []
+        return {"K": int(self.k), "finch_level": None if chosen is None else chosen.level,
+                "finch_levels": [int(k) for k in levels]}
+
     def fit_summary(self) -> str | None:
         chosen = self.prototype_set
         levels = chosen.hierarchy.num_clusters if chosen is not None and chosen.hierarchy else []
