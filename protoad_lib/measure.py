@@ -7,7 +7,7 @@ import gc
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -37,23 +37,32 @@ def time_callable(fn: Callable[[], Any], warmup: int = 2, repeats: int = 10,
 
 @dataclass
 class Stopwatch:
-    """What `stopwatch()` measured: wall seconds of its block (0 until the block ends)."""
+    """Wall seconds since `start`: read live while it runs (a progress line, a stop message), frozen by `stop()`.
+    On a CUDA `device`, queued work is waited for when it stops, so it counts in the block that launched it."""
 
-    seconds: float = 0.0
+    device: str | torch.device = "cpu"
+    start: float = field(default_factory=time.perf_counter)
+    end: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (time.perf_counter() if self.end is None else self.end) - self.start
+
+    def stop(self) -> float:
+        synchronize(self.device)
+        self.end = time.perf_counter()
+        return self.seconds
 
 
 @contextlib.contextmanager
 def stopwatch(device: str | torch.device = "cpu") -> Iterator[Stopwatch]:
-    """Time one block once (a fit, a category): `with stopwatch() as watch: ...`, then `watch.seconds`.
-    Queued CUDA work on `device` is waited for at both ends, so it counts in the block that launched it."""
-    watch = Stopwatch()
+    """Time one block once (a fit, a category): `with stopwatch() as watch: ...`, then `watch.seconds`."""
     synchronize(device)
-    start = time.perf_counter()
+    watch = Stopwatch(device)
     try:
         yield watch
     finally:
-        synchronize(device)
-        watch.seconds = time.perf_counter() - start
+        watch.stop()
 
 
 def _timed(fn: Callable[[], Any], device: str | torch.device) -> float:

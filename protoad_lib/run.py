@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Callable, Sequence
 from .atomic import atomic_output
 from .html_pages import write_html_report
 from .kernels import QuietKernelManager
+from .measure import Stopwatch
 from .profiles import PROFILES as PROFILE_SETTINGS
 from .profiles import REPO_ROOT, get_profile
 
@@ -203,7 +203,7 @@ def run_notebook(
     executed_dir = Path(results_dir) / profile / "executed"
     final = executed_dir / f"{name}.ipynb"
     params = {"profile": profile, "results_dir": str(Path(results_dir).resolve() / profile), **(parameters or {})}
-    start = time.perf_counter()
+    watch = Stopwatch()
     failure: PapermillExecutionError | None = None
     with atomic_output(final, suffix=".tmp.ipynb") as temporary:
         try:
@@ -230,7 +230,7 @@ def run_notebook(
         ) from failure
     if update_source:
         _update_source_notebook(final, notebook)
-    return NotebookResult(name, time.perf_counter() - start, final)
+    return NotebookResult(name, watch.stop(), final)
 
 
 def _display(path: Path) -> str:
@@ -275,24 +275,24 @@ def run_notebooks(
     if stream:
         _stream_papermill_log()
     results: list[NotebookResult] = []
-    total_start = time.perf_counter()
+    total = Stopwatch()
     for position, notebook in enumerate(selected, start=1):
         prefix = f"[{position}/{len(selected)}] {notebook.stem} ..."
-        started = time.perf_counter()
+        watch = Stopwatch()
         try:
             result = run_notebook(notebook, profile, results_dir, kernel, parameters, update_notebooks, stream=stream)
         except NotebookRunError:
-            write(f"{prefix} FAILED ({time.perf_counter() - started:.1f} s)")
+            write(f"{prefix} FAILED ({watch.seconds:.1f} s)")
             raise
         except (KeyboardInterrupt, RunStopped) as stop:
             signum = stop.signum if isinstance(stop, RunStopped) else signal.SIGINT
             raise RunStopped(signum, _stopped_message(signum, notebook.stem, results, Path(results_dir) / profile,
-                                                      time.perf_counter() - started)) from None
+                                                      watch.seconds)) from None
         suffix = ", notebook updated" if update_notebooks else ""
         write(f"{prefix} ok ({result.seconds:.1f} s{suffix})")
         results.append(result)
     index = write_html_report(results, Path(results_dir) / profile / "html", profile)
-    write(f"{len(results)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s "
+    write(f"{len(results)} notebook(s) ran in {total.seconds:.1f} s "
           f"(executed copies in {_display(Path(results_dir) / profile / 'executed')}; to read: {_display(index)})")
     return results
 

@@ -21,7 +21,6 @@ weight decay 0: 1.0 / 0.956 and 0.945, with weight decay 1e-2: 0.972 / 0.928 (se
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -31,6 +30,7 @@ from torch.utils.data import Dataset
 
 from ...backbones import Backbone
 from ...features import combine_layers
+from ...measure import stopwatch
 from ...progress import progress_bar
 from ..base import AnomalyDetector, as_loader, split_layers
 from .network import PRNetwork
@@ -212,12 +212,11 @@ class PRN(AnomalyDetector):
                                          self.perlin_threshold, seen or (), self.seen_fraction)
         settings = TrainSettings(self.epochs, self.train_batch_size, self.lr, self.weight_decay,
                                  self.focal_weight, self.seed, self.lr_decay)
-        start = time.perf_counter()
-        with torch.inference_mode(False), torch.enable_grad():
+        with stopwatch(device) as watch, torch.inference_mode(False), torch.enable_grad():
             self.train()
             logits_of = partial(self.training_logits, maps)
             self.history = train_network(self.network, logits_of, images, synthesiser, settings, device, progress)
-        self.train_s = time.perf_counter() - start
+        self.train_s = watch.seconds
         return self.eval()
 
     def training_logits(self, normal_maps: list[torch.Tensor], images01: torch.Tensor, index: torch.Tensor,
