@@ -16,22 +16,29 @@ class QuietKernelManager(AsyncKernelManager):
     skips jupyter_client's SIGINT: papermill shuts the kernel down as soon as its last reply arrives, so the
     interrupt lands while the kernel is still leaving that request (logged as `ERROR | KeyboardInterrupt caught
     in kernel` after a successful run) or, in a stopped run, inside the running cell, which then replies on closed
-    sockets (a `ZMQError` traceback); the kernel gets the shutdown request, then SIGTERM. A stopped run's wait for
-    the running cell is cancelled first, or it would see the kernel go and log `Kernel died` and a lost task.
+    sockets (a `ZMQError` traceback). An idle kernel gets the shutdown request and `GRACEFUL_EXIT_S` to exit before
+    SIGTERM (jupyter_client's 2.5 s is too short for a kernel that imported torch on a loaded machine, and a
+    SIGTERM mid-teardown makes libzmq print `Assertion failed: pfd.revents & POLLIN`). A stopped run's busy
+    kernel cannot answer a shutdown request: its wait for the running cell is cancelled (or it would log `Kernel
+    died` and a lost task) and the kernel is killed at once, which prints nothing.
     """
+
+    GRACEFUL_EXIT_S = 30.0
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if zmq.has("curve"):
             self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
+        self.shutdown_wait_time = 2 * self.GRACEFUL_EXIT_S  # half waits for the exit, half after SIGTERM
 
     async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
-        """Cancel what still waits on the kernel (a stopped run's running cell), then shut the kernel down."""
+        """Shut an idle kernel down gracefully; cancel what still waits on a busy one (a stopped run's running
+        cell) and kill it at once."""
         waiting = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        await super().shutdown_kernel(now=now, restart=restart)
+        await super().shutdown_kernel(now=now or bool(waiting), restart=restart)
 
     async def _async_interrupt_kernel(self) -> None:
         if not self.shutting_down:
