@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("anomalib", reason="the optional `peers` extra is not installed (make bench-peers installs it)")
 
 from protoad_lib.experiments.bench import run_benchmark  # noqa: E402
-from protoad_lib.methods import REGISTRY, fitted_size, make_detector, peer_names  # noqa: E402
+from protoad_lib.methods import REGISTRY, make_detector, peer_names  # noqa: E402
 from protoad_lib.methods.anomalib_peers import AnomalibPatchCore  # noqa: E402
 
 
@@ -23,9 +23,9 @@ def test_adapter_fits_and_returns_maps_and_scores(name, random_lite0):
     assert maps.shape == (3, 64, 64) and scores.shape == (3,)
     assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
     if isinstance(detector, AnomalibPatchCore):
-        assert len(detector.memory_bank) == int(0.1 * 4 * 8 * 8) == fitted_size(detector)  # our PatchCore keeps as many
+        assert len(detector.memory_bank) == int(0.1 * 4 * 8 * 8) == detector.fitted_size()  # our PatchCore keeps as many
     else:
-        assert fitted_size(detector) is None
+        assert detector.fitted_size() is None
 
 
 def test_benchmark_has_working_anomalib_rows(tiny_benchmark):

@@ -6,7 +6,7 @@ import pytest
 
 from protoad_lib.categories import load_category
 from protoad_lib.evaluation import fit_and_score
-from protoad_lib.methods import fitted_size, make_detector
+from protoad_lib.methods import make_detector
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def test_prn_fitted_for_an_evaluation_shows_its_epochs(weave, random_lite0, bars
 def test_patchcore_fitted_for_an_evaluation_shows_its_coreset_steps(weave, random_lite0, bars_on, capsys):
     detector = make_detector("patchcore", random_lite0)
     fit_and_score(detector, weave)
-    bank = fitted_size(detector)
+    bank = detector.fitted_size()
     err = capsys.readouterr().err
     assert f"coreset:   0%|          | 0/{bank} [00:00<?, ?step/s]" in err  # one step per point of the bank
 

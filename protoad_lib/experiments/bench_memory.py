@@ -11,7 +11,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..measure import PeakMemory, memory_in_use_mb, stopwatch
-from ..methods import fitted_size, make_detector
+from ..methods import make_detector
 from .bench_images import fit_batches
 
 MEMORY_NOTE = (
@@ -79,4 +79,4 @@ def fit_method(method: str, backbone: Backbone, images: torch.Tensor, device: to
     state = state_mb(detector)
     if state is None:  # no state_tensors(): what stayed allocated after the fit
         state = max(0.0, memory_in_use_mb(device) - baseline)
-    return Fitted(detector, watch.seconds, memory.peak_mb, fitted_size(detector), state)
+    return Fitted(detector, watch.seconds, memory.peak_mb, detector.fitted_size(), state)

@@ -17,7 +17,7 @@ from ..backbones import Backbone
 from ..data import AnomalyDataset, example_indices
 from ..categories import CategoryData
 from ..evaluation import fit_and_score
-from ..methods import fitted_size, make_detector, method_label, method_names, run_options
+from ..methods import make_detector, method_label, method_names, run_options
 from ..profiles import Profile
 from ..progress import progress_bar
 from ..session import RunSetup
@@ -78,7 +78,7 @@ def score_method(backbone: Backbone, data: CategoryData, dataset: str, method: s
     maps = scored.predictions.maps
     keys = {"dataset": dataset, "category": data.name, "method": method}
     return MethodResult(
-        metrics=keys | scored.metrics | {"k": fitted_size(detector)},
+        metrics=keys | scored.metrics | {"k": detector.fitted_size()},
         timing=keys | {"fit_s": scored.fit_s, "infer_s": scored.infer_s, "n_train": len(data.train),
                        "n_test": len(data.test)},
         scores=scored.predictions.scores,

@@ -41,12 +41,6 @@ def split_layers(features: torch.Tensor, channels: list[int], strides: list[int]
     return maps
 
 
-def fitted_size(model: nn.Module) -> int | None:
-    """The fitted size a model declares (`fitted_size()`: prototypes, memory-bank rows); None where it has none."""
-    declared = getattr(model, "fitted_size", None)
-    return declared() if callable(declared) else None
-
-
 class AnomalyDetector(nn.Module, ABC):
     """Backbone -> method-specific features -> patch scores -> anomaly map and image score.
 
