@@ -37,10 +37,11 @@ def main() -> None:
         start = time.perf_counter()
         features = extract_features(backbone, train, batch_size=8)
         features_s = time.perf_counter() - start
-        model = ProtoAD(backbone).fit_features(features)
+        model = ProtoAD(backbone).fit_embeddings(features)
         total_s = time.perf_counter() - start
+    height, width = features.grid
     result = {
-        "backbone": args.backbone, "n_train": args.n_train, "patch_vectors": features.shape[0] * 56 * 56,
+        "backbone": args.backbone, "n_train": args.n_train, "patch_vectors": len(features) * height * width,
         "features_s": round(features_s, 1), "fit_total_s": round(total_s, 1), "k": model.k,
         "finch_levels": model.prototype_set.hierarchy.num_clusters,
         "peak_rss_gib": round(peak_rss_mb() / 1024, 2),

@@ -20,7 +20,7 @@ class CacheFolder:
     path: Path
 
     def files(self) -> list[Path]:
-        """Its entries (feature tensors `*.pt`, stored results `*.safetensors`; results stored as `*.pt` by
+        """Its entries (feature cache entries and stored results, `*.safetensors`; both stored as `*.pt` by
         earlier versions, never read now, so that they can be cleared) and temporaries left by a killed writer
         (`.*.tmp`), in name order."""
         if not self.path.is_dir():

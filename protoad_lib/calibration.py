@@ -99,9 +99,9 @@ def fit_calibrated(detector: AnomalyDetector, data: Dataset, batch_size: int = 8
     calibration = None
     if split is not None:
         fit, held_out = split
-        detector.fit_features(features[fit])
+        detector.fit_features(features.subset(fit))
         size = tuple(data[0]["image"].shape[-2:])
-        scored = [detector.maps_and_scores(detector.patch_scores(features[batch].to(device)), size)
+        scored = [detector.maps_and_scores(detector.patch_scores(features.read(batch).to(device)), size)
                   for batch in held_out.split(SCORE_BATCH)]
         maps, scores = (torch.cat([part[i].cpu() for part in scored]) for i in (0, 1))
         calibration = calibration_from_scores(scores, maps, fraction, seed)

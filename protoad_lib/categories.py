@@ -17,6 +17,7 @@ import torch
 from .backbones import Backbone
 from .data import AnomalyDataset
 from .data.transforms import PAPER_CROP, PAPER_RESIZE
+from .embeddings import Embeddings
 from .features import CacheKey, FeatureCache, embed_split
 from .measure import stopwatch
 
@@ -28,8 +29,8 @@ class CategoryData:
     name: str
     train: AnomalyDataset
     test: AnomalyDataset
-    train_embeddings: torch.Tensor
-    test_embeddings: torch.Tensor
+    train_embeddings: Embeddings
+    test_embeddings: Embeddings
     labels: torch.Tensor
     masks: torch.Tensor
     embed_s: float
@@ -44,7 +45,8 @@ def load_category(
     image_size: int = PAPER_CROP, batch_size: int = 8, device: str = "cpu", cache: FeatureCache | None = None,
     dataset_name: str = "dataset", progress: bool = True,
 ) -> CategoryData:
-    """Datasets and (cached) stride-4 embeddings of one category, ready for any method."""
+    """Datasets and stride-4 embeddings of one category, ready for any method: the embeddings stay on disk (in
+    `cache`, or in temporary files without one) and are read a few images at a time."""
     train = AnomalyDataset(root, category, "train", layout=layout, resize=resize, crop=image_size)
     test = AnomalyDataset(root, category, "test", layout=layout, resize=resize, crop=image_size)
     embeddings = []
@@ -74,4 +76,5 @@ def without_test_samples(data: CategoryData, indices: Sequence[int]) -> Category
     """The category with the given test samples removed from its test embeddings, labels and masks (the
     scored test set); `test` stays the whole dataset."""
     keep = torch.tensor([i for i in range(len(data.labels)) if i not in set(indices)], dtype=torch.long)
-    return replace(data, test_embeddings=data.test_embeddings[keep], labels=data.labels[keep], masks=data.masks[keep])
+    return replace(data, test_embeddings=data.test_embeddings.subset(keep), labels=data.labels[keep],
+                   masks=data.masks[keep])

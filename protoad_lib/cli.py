@@ -103,6 +103,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     from .data import DatasetError
     from .categories import load_category
     from .evaluation import evaluate_on_category
+    from .features import FeatureCache
     from .methods import make_detector
 
     trained = get_method(args.method).detector.fits_on_images
@@ -112,8 +113,9 @@ def command_evaluate(args: argparse.Namespace) -> None:
     try:
         check_test_split(args)
         backbone = load_backbone(args.backbone, weights=args.weights)
+        cache = FeatureCache(args.cache_dir) if args.cache_dir else None
         data = load_category(backbone, args.data_root, args.category, layout=args.layout, resize=args.resize,
-                             image_size=args.image_size, batch_size=args.batch_size, device=args.device)
+                             image_size=args.image_size, batch_size=args.batch_size, device=args.device, cache=cache)
     except DatasetError as error:
         raise CliError(str(error)) from error
     detector = make_detector(args.method, backbone, **_method_options(args))
@@ -317,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="'imagenet', a state-dict file, or 'random' (measures time and memory at paper "
                                "scale where ImageNet weights are not on disk; its metrics mean nothing)")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--cache-dir", help="keep the embeddings in this feature cache for reruns (default: temp files)")
     evaluate.add_argument("--resize", type=int, default=PAPER_RESIZE,
                           help=f"resize side before the centre crop (paper: {PAPER_RESIZE})")
     evaluate.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .categories import CategoryData, choose_seen, without_test_samples
+from .embeddings import Embeddings
 from .measure import stopwatch
 from .methods import AnomalyDetector, Predictions
 from .metrics import aupro, evaluate_all, image_auroc, pixel_auroc
@@ -40,7 +41,7 @@ def metrics_of(data: CategoryData, predictions: Predictions, full: bool = False)
     }
 
 
-def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.Tensor | None = None,
+def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: Embeddings | None = None,
           full_metrics: bool = False) -> Scored:
     """Score a fitted detector on a category's cached test embeddings (or the given ones).
 
@@ -52,8 +53,8 @@ def score(detector: AnomalyDetector, data: CategoryData, test_embeddings: torch.
     return Scored(metrics_of(data, predictions, full_metrics), predictions, None, watch.seconds)
 
 
-def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: torch.Tensor | None = None,
-                  test_embeddings: torch.Tensor | None = None, full_metrics: bool = False, seen: int = 0,
+def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embeddings: Embeddings | None = None,
+                  test_embeddings: Embeddings | None = None, full_metrics: bool = False, seen: int = 0,
                   seed: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> Scored:
     """Fit on the cached train embeddings and score the test embeddings. A fit can take an hour (PRN's
     epochs, PatchCore's coreset on a paper-size category), so its steps show their bars (elapsed, time left)
@@ -78,7 +79,7 @@ def fit_and_score(detector: AnomalyDetector, data: CategoryData, train_embedding
             detector.fit(data.train, progress=progress, device=device, **({"seen": pairs} if pairs else {}))
             detector.to("cpu")
         else:
-            detector.fit_features(detector.features_from_embedding(train))
+            detector.fit_embeddings(train)
     scored_data = without_test_samples(data, chosen) if chosen else data
     scored = score(detector, scored_data, test_embeddings, full_metrics)
     scored.fit_s = watch.seconds

@@ -1,11 +1,12 @@
-"""Multi-layer patch embeddings on the stride-4 grid, batched, with an on-disk feature cache."""
+"""Multi-layer patch embeddings on the stride-4 grid, extracted batch by batch into an on-disk feature cache."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from .atomic import Unusable, atomic_output, read_checked, settings_digest
 from .backbones import Backbone
 from .data.datasets import check_category_name
+from .embeddings import Embeddings, SpilledEmbeddings, StoredEmbeddings, as_embeddings, write_embeddings
 from .progress import progress_bar
 
 
@@ -31,6 +33,9 @@ def embed(backbone: Backbone, images01: torch.Tensor) -> torch.Tensor:
     """Patch embeddings [B, C, H/4, W/4] of a batch of images in 0..1."""
     return combine_layers(backbone(images01))
 
+
+#: File name ending of a feature cache entry.
+SUFFIX = ".safetensors"
 
 #: Version of what `embed` computes from a backbone's maps; bump it when that changes, so caches miss.
 FEATURE_CODE_VERSION = 2
@@ -68,6 +73,10 @@ class CacheKey:
     def as_dict(self) -> dict:
         return asdict(self) | {"layers": list(self.layers)}
 
+    def as_json(self) -> str:
+        """`as_dict` as the JSON text a cache entry's metadata holds (keys sorted)."""
+        return json.dumps(self.as_dict(), sort_keys=True)
+
     def digest(self) -> str:
         return settings_digest(self.as_dict())
 
@@ -75,7 +84,7 @@ class CacheKey:
         """One name in the cache folder: the category is checked, the backbone (`timm:<any model>`) reduced to
         safe characters."""
         backbone = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.backbone)
-        return f"{self.category}_{self.split}_{backbone}_{self.digest()}.pt"
+        return f"{self.category}_{self.split}_{backbone}_{self.digest()}{SUFFIX}"
 
 
 def _images_of(batch: dict | torch.Tensor) -> torch.Tensor:
@@ -89,54 +98,54 @@ def as_loader(data: Dataset | Iterable, batch_size: int) -> Iterable:
 
 def embed_batches(backbone: Backbone, data: Dataset | Iterable, batch_size: int, device: str | torch.device,
                   from_maps: Callable[[list[torch.Tensor]], torch.Tensor], progress: bool = True,
-                  description: str = "features", leave: bool = False) -> torch.Tensor:
+                  description: str = "features", leave: bool = False) -> Iterator[torch.Tensor]:
     """The one extraction loop (`extract_features`, `AnomalyDetector.method_features`): `from_maps` of the
     backbone's maps of every batch of `data` (a dataset, or an iterable of batches: dicts with "image" or
-    image tensors), stacked along dim 0 (into one preallocated tensor when `data` has a length), under a
-    progress bar. The caller puts the backbone on `device` (and in eval mode) and `from_maps` moves each
-    batch's result where it is kept."""
-    batches = (
-        from_maps(backbone(_images_of(batch).to(device)))
-        for batch in progress_bar(as_loader(data, batch_size), desc=description, enabled=progress, leave=leave)
-    )
-    return stack_batches(batches, len(data) if isinstance(data, Dataset) else None)
+    image tensors), batch by batch on the CPU, under a progress bar. The caller puts the backbone on `device`
+    (and in eval mode)."""
+    for batch in progress_bar(as_loader(data, batch_size), desc=description, enabled=progress, leave=leave):
+        with torch.inference_mode():
+            embedded = from_maps(backbone(_images_of(batch).to(device))).cpu()
+        yield embedded
 
 
-@torch.inference_mode()
+def count_images(data: Dataset | Iterable) -> tuple[int, Dataset | Iterable]:
+    """How many images `data` holds, and `data` to read them from (an iterable without a length is listed
+    first: it holds its batches already)."""
+    if isinstance(data, Dataset):
+        return len(data), data
+    batches = list(data)
+    return sum(len(_images_of(batch)) for batch in batches), batches
+
+
+def spill(backbone: Backbone, data: Dataset | Iterable, batch_size: int, device: str | torch.device,
+          from_maps: Callable[[list[torch.Tensor]], torch.Tensor], progress: bool = True,
+          description: str = "features", leave: bool = False) -> SpilledEmbeddings:
+    """`embed_batches` written batch by batch to a temporary file (`SpilledEmbeddings`)."""
+    total, data = count_images(data)
+    if total == 0:
+        raise ValueError("No images to extract features from: the dataset is empty.")
+    return SpilledEmbeddings.of(embed_batches(backbone, data, batch_size, device, from_maps, progress, description,
+                                              leave), total)
+
+
 def extract_features(
     backbone: Backbone,
     data: Dataset | Iterable,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
     progress: bool = True,
     description: str = "features",
-) -> torch.Tensor:
-    """Embed every image of a dataset (or an iterable of batches); returns [N, C, h, w] on the CPU."""
+) -> Embeddings:
+    """Embed every image of a dataset (or an iterable of batches) into a temporary file: [N, C, h, w]."""
     backbone = backbone.to(device).eval()
-    return embed_batches(backbone, data, batch_size, device, lambda maps: combine_layers(maps).to("cpu", dtype),
-                         progress, description)
-
-
-def stack_batches(batches: Iterable[torch.Tensor], total: int | None = None) -> torch.Tensor:
-    """Concatenate batches along dim 0; with `total` known, into one preallocated tensor (no 2x peak)."""
-    iterator = iter(batches)
-    first = next(iterator, None)
-    if first is None:
-        raise ValueError("No images to extract features from: the dataset is empty.")
-    if total is None:
-        return torch.cat([first, *iterator])
-    stacked = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device)
-    stacked[: len(first)] = first
-    filled = len(first)
-    for batch in iterator:
-        stacked[filled : filled + len(batch)] = batch
-        filled += len(batch)
-    return stacked[:filled]
+    return spill(backbone, data, batch_size, device, combine_layers, progress, description)
 
 
 class FeatureCache:
-    """Feature tensors on disk, one file per `CacheKey` (see `protoad cache list|clear`)."""
+    """Embeddings on disk, one safetensors file per `CacheKey` (see `embeddings.write_embeddings`), stored as
+    `dtype` (float32 by default; float16 halves the bytes, README: "Feature cache") and always read back as
+    float32, a few images at a time (`protoad cache list|clear`)."""
 
     def __init__(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         self.directory = Path(directory)
@@ -145,51 +154,53 @@ class FeatureCache:
     def path(self, key: CacheKey) -> Path:
         return self.directory / key.filename()
 
-    def load(self, key: CacheKey) -> torch.Tensor | None:
-        """The cached features of `key`, or None on a miss. An entry that cannot be read (cut short, zeroed)
-        or holds something else than its name says is reported, deleted and treated as a miss."""
+    def load(self, key: CacheKey) -> StoredEmbeddings | None:
+        """The cached embeddings of `key`, or None on a miss. An entry that cannot be read (cut short, padded,
+        zeroed) or holds something else than its name says is reported, deleted and treated as a miss."""
 
-        def read(path: Path) -> torch.Tensor:
-            stored = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
-            features = stored["features"]
-            if stored.get("key") != key.as_dict():
+        def read(path: Path) -> StoredEmbeddings:
+            stored = StoredEmbeddings(path)
+            if stored.metadata.get("key") != key.as_json():
                 raise Unusable("it was written for other settings")
-            if features.shape[0] != key.n_images:
-                raise Unusable(f"it holds {features.shape[0]} images, not {key.n_images}")
-            return features.float()
+            if len(stored) != key.n_images:
+                raise Unusable(f"it holds {len(stored)} images, not {key.n_images}")
+            return stored
 
         return read_checked(self.path(key), read, "Feature cache entry")
 
-    def save(self, key: CacheKey, features: torch.Tensor) -> Path:
-        """Write atomically: a temporary file in the same folder, then a rename."""
+    def write(self, key: CacheKey, batches: Iterable[torch.Tensor]) -> StoredEmbeddings:
+        """Store batches [b, C, h, w] of the `key.n_images` images atomically (a temporary file in the same
+        folder, renamed into place when whole), one batch in memory at a time."""
         path = self.path(key)
-        payload = {"key": key.as_dict(), "features": features.to(self.dtype)}
         with atomic_output(path) as temporary:
-            torch.save(payload, temporary)
-        return path
+            write_embeddings(temporary, batches, key.n_images, {"key": key.as_json()}, self.dtype)
+        return StoredEmbeddings(path)
+
+    def save(self, key: CacheKey, features: Embeddings | torch.Tensor) -> Path:
+        """Store embeddings already at hand (`write` for a stream)."""
+        return self.write(key, as_embeddings(features).chunks()).path
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.glob("*.pt")) if self.directory.is_dir() else 0
+        return sum(p.stat().st_size for p in self.directory.glob("*" + SUFFIX)) if self.directory.is_dir() else 0
 
     def get_or_extract(
         self, key: CacheKey, backbone: Backbone, data: Dataset, batch_size: int = 8,
         device: str | torch.device = "cpu", progress: bool = True,
-    ) -> torch.Tensor:
-        """Cached features when present; otherwise extract, store and return them."""
+    ) -> StoredEmbeddings:
+        """Cached embeddings when present; otherwise extract them into the cache batch by batch."""
         cached = self.load(key)
         if cached is not None:
             return cached
-        features = extract_features(backbone, data, batch_size, device, progress=progress,
-                                    description=f"{key.category}/{key.split}")
-        self.save(key, features)
-        return features
+        backbone = backbone.to(device).eval()
+        return self.write(key, embed_batches(backbone, data, batch_size, device, combine_layers, progress,
+                                             f"{key.category}/{key.split}"))
 
 
 def embed_split(
     backbone: Backbone, data: Dataset, key: CacheKey, cache: FeatureCache | None = None, batch_size: int = 8,
     device: str | torch.device = "cpu", progress: bool = True,
-) -> torch.Tensor:
-    """Embeddings of one dataset split: through the cache when one is given, else extracted afresh."""
+) -> Embeddings:
+    """Embeddings of one dataset split: through the cache when one is given, else into a temporary file."""
     if cache is not None:
         return cache.get_or_extract(key, backbone, data, batch_size, device, progress)
     return extract_features(backbone, data, batch_size, device, progress=progress,

@@ -25,6 +25,7 @@ from .data import AnomalyDataset
 from .data.datasets import check_category_name
 from .data.download import resolve_dataset_root
 from .data.synthetic import ensure_mini_benchmark
+from .embeddings import StoredEmbeddings
 from .features import CacheKey, FeatureCache
 from .methods import get_method, run_notes
 from .profiles import REPO_ROOT, RESULTS_DIR_VARIABLE, DatasetSpec, Profile, get_profile, smoke_version
@@ -116,9 +117,10 @@ class RunSetup:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         return self.results_dir / name
 
-    def embeddings(self, spec: DatasetSpec, category: str, split: str) -> tuple[torch.Tensor, Path]:
-        """Stride-4 embeddings `[N, C, h, w]` of a split from the shared cache (extracted on a miss, with a bar
-        unless the run is quiet: at paper scale a category's extraction takes minutes)."""
+    def embeddings(self, spec: DatasetSpec, category: str, split: str) -> tuple[StoredEmbeddings, Path]:
+        """Stride-4 embeddings `[N, C, h, w]` of a split in the shared cache, read from its file a few images at
+        a time, and that file (extracted into it on a miss, with a bar unless the run is quiet: at paper scale
+        a category's extraction takes minutes)."""
         dataset = self.dataset(spec, category, split)
         key = CacheKey.of(spec.name, category, split, self.backbone, dataset)
         features = self.cache.get_or_extract(key, self.backbone, dataset, self.profile.batch_size, self.device,

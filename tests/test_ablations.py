@@ -5,11 +5,15 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+import torch
 
 from protoad_lib.experiments import ablations
 from protoad_lib.experiments.ablations import METRIC_COLUMNS
 from protoad_lib.categories import load_category
-from protoad_lib.methods.protoad import ProtoADConfig
+from protoad_lib.embeddings import as_embeddings
+from protoad_lib.features import combine_layers
+from protoad_lib.methods.base import split_layers
+from protoad_lib.methods.protoad import ProtoADConfig, nearest_prototype_distance
 from protoad_lib.profiles import get_profile
 from protoad_lib.report import ablation_views
 from protoad_lib.report import published as published_tables
@@ -89,6 +93,52 @@ def test_layer_subsets(backbone, data, config, fits):
     assert list(table["setting"]) == ["1+2+3", "2+3", "1"]
     assert list(table["channels"]) == [sum(backbone.channels), deep.shape[1], backbone.channels[0]]
     assert table["grid"].iloc[1] == f"{deep.shape[-2]} x {deep.shape[-1]}"
+
+
+@pytest.mark.parametrize("subset", [(1,), (1, 3), (2, 3), (3,)])
+def test_a_layer_subset_view_reads_what_splitting_and_combining_the_whole_tensor_gives(backbone, data, subset):
+    tensor = data.test_embeddings.to_tensor()  # a tiny category: the in-memory reference
+    maps = split_layers(tensor, backbone.channels, backbone.strides)
+    expected = combine_layers([maps[i - 1] for i in subset])
+    view = ablations.layer_subset(data.test_embeddings, backbone, subset)
+    assert view.shape == tuple(expected.shape)
+    assert torch.equal(torch.cat(list(view.chunks(3))), expected)
+    assert torch.equal(view.read([4, 0]), expected[[4, 0]])
+    if subset[0] == 1:  # the stride-4 grid kept: windows and single patch vectors read through the view
+        assert torch.equal(view.read([2, 1], rows=slice(3, 7), cols=slice(1, 5)), expected[[2, 1], :, 3:7, 1:5])
+        flat = expected.permute(0, 2, 3, 1).reshape(-1, expected.shape[1])
+        indices = [0, 17, len(flat) - 1, 5]
+        assert torch.equal(view.gather(indices), flat[indices])
+
+
+def test_a_fit_on_a_layer_subset_view_equals_the_fit_on_its_tensor(backbone, data, config):
+    view = ablations.layer_subset(data.train_embeddings, backbone, (1, 2))
+    streamed = ablations.fit_protoad(backbone, data, config, train_embeddings=view)
+    in_memory = ablations.fit_protoad(backbone, data, config, train_embeddings=as_embeddings(view.to_tensor()))
+    assert torch.equal(streamed.head.prototypes, in_memory.head.prototypes)
+
+
+def test_the_held_out_distance_reads_the_normal_test_images_only(backbone, data, fits):
+    normal = torch.nonzero(data.labels == 0).flatten()
+    assert 0 < len(normal) < len(data.labels)
+    table = ablations.clustering_method_ablation(backbone, [data], ("finch",), fits=fits)
+    prototypes = fits["weave"].head.prototypes
+    expected = nearest_prototype_distance(data.test_embeddings.to_tensor()[normal], prototypes).double().mean()
+    assert table["held_out_distance"].iloc[0] == pytest.approx(float(expected), abs=1e-12)
+
+
+def test_the_level_rule_reuses_the_reference_hierarchy_and_its_margin_reproduces_the_reference(backbone, data,
+                                                                                                  config, fits):
+    from protoad_lib.experiments.level_rule import level_rule_ablation
+
+    reference = fits["weave"]
+    table = level_rule_ablation(backbone, [data], fits, margins=(None, config.level_margin), repeats=1)
+    assert_metrics(table, 2)
+    hierarchy = reference.prototype_set.hierarchy
+    assert table["level"].iloc[0] == hierarchy.default_level(config.max_prototypes)
+    assert (table["level"].iloc[1], table["K"].iloc[1]) == (reference.prototype_set.level, reference.k)
+    metrics = ablations.score(reference, data).metrics
+    assert all(table[m].iloc[1] == pytest.approx(metrics[m], abs=1e-12) for m in METRIC_COLUMNS)
 
 
 def test_clustering_methods_share_finch_k(backbone, data, config, fits):

@@ -1,5 +1,7 @@
 """Patch embeddings: equivalence with the official unfold/fold concatenation, shapes, cache."""
 
+import json
+
 import torch
 import torch.nn.functional as F
 
@@ -45,13 +47,13 @@ def test_extract_features_batches_agree_and_cache_round_trips(tmp_path):
     by_two = extract_features(backbone, torch.utils.data.DataLoader(dataset, batch_size=2), progress=False)
     one_batch = extract_features(backbone, [{"image": images}], progress=False)
     assert by_two.shape == (5, 448, 16, 16)
-    torch.testing.assert_close(by_two, one_batch, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(by_two.to_tensor(), one_batch.to_tensor(), rtol=1e-4, atol=1e-5)
 
     cache = FeatureCache(tmp_path)
     key = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer1", "layer2", "layer3"), 64, 5)
     assert cache.load(key) is None
     cache.save(key, by_two)
-    torch.testing.assert_close(cache.load(key), by_two)
+    assert torch.equal(cache.load(key).to_tensor(), by_two.to_tensor())
     assert not list(tmp_path.glob("*.tmp"))
     other = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer2", "layer3"), 64, 5)
     assert cache.load(other) is None
@@ -76,9 +78,17 @@ def test_extract_features_and_method_features_share_one_loop_with_the_former_res
     with torch.inference_mode():
         former_embedding = torch.cat([combine_layers(backbone(images[i : i + 2])) for i in range(0, 5, 2)])
         former_method = torch.cat([detector.features_from_maps(backbone(images[i : i + 2])) for i in range(0, 5, 2)])
-    assert torch.equal(extract_features(backbone, Images(), batch_size=2, progress=False), former_embedding)
-    assert torch.equal(detector.method_features(Images(), batch_size=2, progress=False), former_method)
-    assert extract_features(backbone, Images(), batch_size=2, dtype=torch.float16, progress=False).dtype == torch.float16
+    assert torch.equal(extract_features(backbone, Images(), batch_size=2, progress=False).to_tensor(), former_embedding)
+    assert torch.equal(detector.method_features(Images(), batch_size=2, progress=False).to_tensor(), former_method)
+
+
+def test_the_cache_stores_float16_when_asked_and_reads_float32(tmp_path):
+    key = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer1",), 64, 3)
+    features = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    full = FeatureCache(tmp_path / "fp32").write(key, features.split(2)).path.stat().st_size
+    stored = FeatureCache(tmp_path / "fp16", dtype=torch.float16).write(key, features.split(2))
+    assert stored.dtype == torch.float16 and full - stored.path.stat().st_size == 3 * 4 * 2 * 2 * 2
+    assert torch.equal(stored.to_tensor(), features.half().float())
 
 
 def test_a_damaged_cache_entry_is_reported_deleted_and_recomputed(tmp_path):
@@ -86,9 +96,13 @@ def test_a_damaged_cache_entry_is_reported_deleted_and_recomputed(tmp_path):
 
     from protoad_lib.atomic import CacheWarning
 
+    from protoad_lib.embeddings import write_embeddings
+
     cache = FeatureCache(tmp_path)
     key = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer1",), 64, 2)
-    cache.save(key, torch.zeros(3, 4, 2, 2))  # 3 images under a key of 2
+    tmp_path.mkdir(exist_ok=True)
+    metadata = {"key": json.dumps(key.as_dict(), sort_keys=True)}
+    write_embeddings(cache.path(key), [torch.zeros(3, 4, 2, 2)], 3, metadata)  # 3 images under a key of 2
     with pytest.warns(CacheWarning, match="holds 3 images, not 2") as caught:
         assert cache.load(key) is None
     assert caught[0].filename == __file__ and not cache.path(key).exists()  # attributed to the caller

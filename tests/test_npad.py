@@ -1,4 +1,5 @@
-"""N-pad (reconstructed): pooled moments against brute force, PaDiM at radius 0, centroids, fusion, persistence."""
+"""N-pad (reconstructed): pooled moments against brute force, PaDiM at radius 0, centroids, fusion, persistence,
+and fitting from stored or chunked embeddings."""
 
 import json
 
@@ -8,10 +9,11 @@ import torch
 from protoad_lib.backbones import load_backbone
 from protoad_lib.checkpoint import read_checkpoint, save_detector
 from protoad_lib.data import AnomalyDataset
+from protoad_lib.embeddings import CHUNK_IMAGES, StoredEmbeddings, TensorEmbeddings, write_embeddings
 from protoad_lib.methods import PaDiM
 from protoad_lib.methods.components import holdout_split
-from protoad_lib.methods.npad import (NPad, column_windows, fit_sharing_gaussians, fuse, kmeans_centroids, pooled_moments,
-                                      spd_inverse, window_sum)
+from protoad_lib.methods.npad import BLOCK_BYTES, NPad, fit_sharing_gaussians, fuse, kmeans_centroids
+from protoad_lib.methods.npad_pooling import column_windows, pooled_moments, spd_inverse, window_sum
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +104,8 @@ def test_radius_zero_without_centroids_is_padim(backbone):
 def test_column_windows_do_not_change_the_fit(backbone):
     train = random_features(4, 6, 5, 7, seed=3)
     whole = detector(backbone, radius=1, n_centroids=0).fit_features(train)
-    windowed = detector(backbone, radius=1, n_centroids=0, chunk_size=6).fit_features(train)  # 2 columns, 1 row
-    assert windowed.block_positions(4) == 6 and whole.block_positions(4) > 35
+    windowed = detector(backbone, radius=1, n_centroids=0, chunk_size=6).fit_features(train)  # 2 columns, 1 row a block
+    assert windowed.block_positions() == 6 and whole.block_positions() > 35
     torch.testing.assert_close(windowed.gaussian.mean, whole.gaussian.mean)
     torch.testing.assert_close(windowed.gaussian.cov_inv, whole.gaussian.cov_inv, rtol=1e-5, atol=1e-6)
 
@@ -128,6 +130,73 @@ def test_min_neighbourhood(backbone):
                 inverse = pooled.gaussian.cov_inv[qy * 5 + qx]
                 candidates.append(((difference @ inverse) * difference).sum(dim=1).sqrt())
         torch.testing.assert_close(best[:, y, x], torch.stack(candidates).min(dim=0).values, rtol=1e-4, atol=1e-5)
+
+
+# --- fitting from embeddings read in pieces ------------------------------------------------------
+
+
+class FewAtATime(TensorEmbeddings):
+    """In-memory embeddings that refuse a read of more than `CHUNK_IMAGES` images, or a window of the grid
+    (not the whole grid) larger than `window_limit` positions; the reads are recorded (images, positions)."""
+
+    def __init__(self, tensor: torch.Tensor, window_limit: int) -> None:
+        super().__init__(tensor)
+        self.window_limit, self.reads = window_limit, []
+
+    def _read(self, images, rows, cols):
+        part = super()._read(images, rows, cols)
+        positions = part.shape[2] * part.shape[3]
+        self.reads.append((len(images), positions))
+        whole_grid = positions == self.shape[2] * self.shape[3]
+        if len(images) > CHUNK_IMAGES or (not whole_grid and positions > self.window_limit):
+            raise AssertionError(f"read {len(images)} images x {positions} positions at once")
+        return part
+
+
+def assert_same_state(ours: NPad, expected: NPad) -> None:
+    theirs = expected.state_tensors()
+    for name, tensor in ours.state_tensors().items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("options", [{"radius": 1, "n_centroids": 4}, {"radius": 2, "n_centroids": 3, "chunk_size": 10,
+                                                                       "test_neighbourhood": "pooled"}])
+def test_a_stored_fit_equals_the_in_memory_fit(backbone, options, tmp_path):
+    train = random_features(13, 6, 5, 6, seed=20)
+    path = write_embeddings(tmp_path / "train.safetensors", train.split(4), len(train))
+    in_memory = detector(backbone, centroid_vectors=200, **options).fit_features(train)
+    stored = detector(backbone, centroid_vectors=200, **options).fit_features(StoredEmbeddings(path))
+    assert_same_state(stored, in_memory)
+    assert (stored.score_stats[:, 1] > 0).all()
+
+
+def test_a_source_read_a_few_images_and_a_window_at_a_time_still_fits(backbone):
+    train = random_features(20, 6, 6, 7, seed=21)  # 20 images: a read of all of them is refused
+    options = dict(radius=1, n_centroids=4, centroid_vectors=150, chunk_size=9)
+    source = FewAtATime(train, window_limit=9 + 2 * 3)  # max(P, 2r+1) + 2r(2r+1) positions
+    chunked = detector(backbone, **options).fit_features(source)
+    assert_same_state(chunked, detector(backbone, **options).fit_features(train))
+    windows = [positions for _, positions in source.reads if positions < 6 * 7]
+    assert windows and max(windows) <= 15  # the pooling read windows of the grid, never the whole grid
+    assert max(count for count, _ in source.reads) <= CHUNK_IMAGES
+
+
+def test_fit_embeddings_reads_the_channel_subset_through_the_view(backbone):
+    embedding = random_features(10, sum(backbone.channels), 4, 5, seed=22)
+    npad = detector(backbone, radius=1, n_centroids=3, centroid_vectors=80, chunk_size=8)
+    view = npad.method_view(FewAtATime(embedding, window_limit=8 + 2 * 3))
+    torch.testing.assert_close(view.read([3, 1], rows=slice(1, 3), cols=slice(2, 4)),
+                               npad.features_from_embedding(embedding)[[3, 1], :, 1:3, 2:4])
+    npad.fit_embeddings(view.parent)
+    expected = detector(backbone, radius=1, n_centroids=3, centroid_vectors=80, chunk_size=8)
+    assert_same_state(npad, expected.fit_features(npad.features_from_embedding(embedding)))
+
+
+def test_block_budget_does_not_depend_on_the_number_of_images(backbone):
+    for channels in (6, 100):
+        npad = NPad(backbone, n_features=channels)
+        assert npad.images_per_read() == max(CHUNK_IMAGES, channels)
+        assert npad.block_positions() == BLOCK_BYTES // (8 * channels * max(CHUNK_IMAGES, channels))
 
 
 # --- centroids and fusion ------------------------------------------------------------------------

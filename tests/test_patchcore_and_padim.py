@@ -212,3 +212,47 @@ def test_end_to_end_defect_detection_and_round_trip(method, backbone, tmp_path):
     with torch.inference_mode():
         restored_maps, restored_scores = restored(test)
     assert torch.equal(restored_maps, maps) and torch.equal(restored_scores, scores)
+
+
+# --- fitting from embeddings read a few images at a time ------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3, 9, 1000])
+def test_padim_fits_block_by_block_from_a_split_it_never_reads_whole(backbone, tmp_path, chunk_size):
+    """Blocks of whole rows (9, 1000), pieces of one row (3) or the default budget: the Gaussians of a
+    stored split read 8 images at a time are bit-identical to those of the tensor."""
+    from test_embeddings import PieceByPiece
+
+    from protoad_lib.embeddings import StoredEmbeddings, write_embeddings
+
+    train = torch.randn(11, 6, 3, 4, generator=torch.Generator().manual_seed(5))
+    reference = PaDiM(backbone, n_features=6, chunk_size=1000).fit_features(train)
+    stored = StoredEmbeddings(write_embeddings(tmp_path / "t.safetensors", train.split(4), 11))
+    for source in (stored, PieceByPiece(train, limit=8)):
+        detector = PaDiM(backbone, n_features=6, chunk_size=chunk_size)
+        detector.progress = False
+        detector.fit_features(source)
+        assert torch.equal(detector.mean, reference.mean) and torch.equal(detector.cov_inv, reference.cov_inv)
+
+
+def test_padim_block_budget_does_not_grow_with_the_training_set(backbone):
+    detector = PaDiM(backbone)
+    d = detector.n_features
+    for count in (100, 1000, 10000):
+        block = detector.positions_per_block(count)
+        assert 2 * 8 * d * (count + d) * block <= 256 * 2**20 < 2 * 8 * d * (count + d) * (block + 1)
+
+
+def test_patchcore_fits_from_a_split_it_never_reads_whole_with_the_same_bank(backbone):
+    from test_embeddings import PieceByPiece
+
+    train = torch.randn(20, 32, 4, 4, generator=torch.Generator().manual_seed(6))
+    reference = PatchCore(backbone, coreset_fraction=0.3)
+    reference.progress = False
+    streamed = PatchCore(backbone, coreset_fraction=0.3)
+    streamed.progress = False
+    reference.fit_features(train)
+    streamed.fit_features(PieceByPiece(train, limit=8))
+    assert torch.equal(streamed.memory_bank, reference.memory_bank)
+    whole = PatchCore(backbone, coreset_fraction=1.0).fit_features(PieceByPiece(train, limit=8))
+    assert torch.equal(whole.memory_bank, train.permute(0, 2, 3, 1).reshape(-1, 32))

@@ -1,4 +1,5 @@
-"""ProtoAD network (methods/protoad/network.py): equals brute-force nearest-prototype search; smoothing matches scipy."""
+"""ProtoAD network (methods/protoad/network.py): equals brute-force nearest-prototype search; smoothing matches scipy;
+fits from embeddings read a few images at a time."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from protoad_lib.backbones import load_backbone
+from protoad_lib.embeddings import TensorEmbeddings
 from protoad_lib.methods.protoad import ProtoAD, ProtoADConfig, PrototypeHead, nearest_prototype_distance
 from protoad_lib.postprocess import AnomalyMapHead, GaussianBlur
 
@@ -98,3 +100,49 @@ def test_prototype_usage_counts_every_patch_once_whatever_the_batch():
     assert expected.sum() == 5 * 4 * 3
     for batch_size in (1, 2, 5, 8):
         assert (prototype_usage(features, prototypes, batch_size) == expected).all()
+
+
+def test_reference_distance_and_usage_read_stored_embeddings_to_the_same_numbers(tmp_path):
+    from protoad_lib.embeddings import StoredEmbeddings, write_embeddings
+    from protoad_lib.methods.protoad import prototype_usage
+
+    generator = torch.Generator().manual_seed(5)
+    features, prototypes = torch.randn(7, 12, 5, 6, generator=generator), torch.randn(9, 12, generator=generator)
+    on_disk = StoredEmbeddings(write_embeddings(tmp_path / "e.safetensors", features.split(3), len(features)))
+    for batch_size in (1, 3, 8):
+        assert torch.equal(nearest_prototype_distance(on_disk, prototypes, batch_size),
+                           nearest_prototype_distance(features, prototypes, batch_size))
+        assert np.array_equal(prototype_usage(on_disk, prototypes, batch_size), prototype_usage(features, prototypes))
+
+
+class FewImagesAtATime(TensorEmbeddings):
+    """Embeddings that refuse to be read whole: more than 8 images in one read, or `to_tensor`, raise."""
+
+    def _read(self, images, rows, cols):
+        if len(images) > 8:
+            raise AssertionError(f"{len(images)} images read at once")
+        return super()._read(images, rows, cols)
+
+    def to_tensor(self):
+        raise AssertionError("the whole split was materialised")
+
+
+@pytest.mark.parametrize("config", [ProtoADConfig(max_vectors=300), ProtoADConfig(max_vectors=300, level_margin=None),
+                                    ProtoADConfig(max_vectors=300, subsampling="coreset"),
+                                    ProtoADConfig(max_vectors=300, method="kmeans", k=6)])
+def test_protoad_fits_from_embeddings_read_a_few_images_at_a_time(config, tmp_path):
+    """ProtoAD's features are the embedding itself (`method_view` maps nothing); its fit reads at most 8 images
+    at once and gives the prototypes of the fit on the whole tensor, also from a stored file."""
+    from protoad_lib.embeddings import StoredEmbeddings, write_embeddings
+
+    backbone = load_backbone("efficientnet_lite0")
+    features = torch.randn(30, 16, 6, 5, generator=torch.Generator().manual_seed(7))
+    narrow = FewImagesAtATime(features)
+    with pytest.raises(AssertionError, match="9 images"):
+        narrow.read(np.arange(9))
+    model = ProtoAD(backbone, config=config)
+    assert model.method_view(narrow) is narrow
+    expected = ProtoAD(backbone, config=config).fit_features(features).head.prototypes
+    assert torch.equal(model.fit_embeddings(narrow).head.prototypes, expected)
+    on_disk = StoredEmbeddings(write_embeddings(tmp_path / "e.safetensors", features.split(4), len(features)))
+    assert torch.equal(ProtoAD(backbone, config=config).fit_features(on_disk).head.prototypes, expected)

@@ -1,11 +1,12 @@
 """ProtoAD prototypes (methods/protoad/prototypes.py): FINCH hierarchy equals finch-clust's own, subsampling and
-alternatives behave."""
+alternatives behave, and the recipe reads stored embeddings to the same numbers as a tensor."""
 
 import numpy as np
 import pytest
 import torch
 from finch.finch import FINCH
 
+from protoad_lib.embeddings import StoredEmbeddings, TensorEmbeddings, write_embeddings
 from protoad_lib.methods.protoad.prototypes import (
     build_prototypes, cluster_prototypes, finch_hierarchy, first_neighbours, l2_normalise, subsample_indices,
 )
@@ -91,14 +92,48 @@ def test_hnsw_first_neighbours_agree_with_exact_search_on_clustered_data():
         first_neighbours(vectors, index="ivf", progress=False)
 
 
+def unit_rows(features: torch.Tensor) -> np.ndarray:
+    """The whole [N*h*w, C] matrix of unit patch vectors, image-major (the in-memory reference)."""
+    return torch.nn.functional.normalize(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), dim=1).numpy()
+
+
+def stored(features: torch.Tensor, tmp_path) -> StoredEmbeddings:
+    return StoredEmbeddings(write_embeddings(tmp_path / "train.safetensors", features.split(2), len(features)))
+
+
 @pytest.mark.parametrize("subsampling", ["stratified", "random", "none"])
-def test_training_vectors_gather_the_same_rows_as_the_full_flattening(subsampling):
-    from protoad_lib.methods.protoad.prototypes import patch_vectors, training_vectors
+def test_training_vectors_gather_the_same_rows_as_the_full_flattening(subsampling, tmp_path):
+    from protoad_lib.methods.protoad.prototypes import training_vectors
 
     features = torch.randn(5, 6, 4, 3, generator=torch.Generator().manual_seed(8))
-    chosen = subsample_indices(60, 5, 25, subsampling, seed=3)
-    expected = patch_vectors(features)[chosen]
-    np.testing.assert_allclose(training_vectors(features, 25, subsampling, seed=3), expected, atol=1e-6)
+    expected = unit_rows(features)[subsample_indices(60, 5, 25, subsampling, seed=3)]
+    for source in (features, TensorEmbeddings(features), stored(features, tmp_path)):
+        assert np.array_equal(training_vectors(source, 25, subsampling, seed=3), expected)
+
+
+def test_coreset_subsampling_projects_chunk_by_chunk_and_picks_what_the_whole_matrix_gives(tmp_path):
+    from protoad_lib.methods.coreset import GreedyCoresetSampler
+    from protoad_lib.methods.protoad.prototypes import training_indices
+
+    features = torch.randn(20, 8, 5, 4, generator=torch.Generator().manual_seed(9))
+    whole = GreedyCoresetSampler(seed=4, progress=False).select(torch.from_numpy(unit_rows(features)), n_samples=70)
+    expected = np.sort(whole.numpy())
+    assert np.array_equal(training_indices(features, 70, "coreset", seed=4), expected)
+    assert np.array_equal(training_indices(stored(features, tmp_path), 70, "coreset", seed=4), expected)
+
+
+def test_unseen_indices_are_the_seeded_draw_from_the_set_difference():
+    """The draw of positions among the unused indices, mapped back without listing them, is the draw from the
+    list itself (what it was before)."""
+    from protoad_lib.methods.protoad.level_choice import unseen_indices
+
+    rng = np.random.default_rng(0)
+    for n_vectors, n_used, count in [(7, 3, 100), (100, 30, 20), (400_000, 60_000, 20_000), (50, 50, 10), (50, 0, 10)]:
+        used = np.sort(rng.choice(n_vectors, size=n_used, replace=False))
+        unused = np.setdiff1d(np.arange(n_vectors), used)
+        if len(unused) > count:
+            unused = np.sort(np.random.default_rng(3 + 1).choice(unused, size=count, replace=False))
+        assert np.array_equal(unseen_indices(n_vectors, used, 3, count), unused)
 
 
 def test_level_choice_takes_the_coarsest_level_within_the_margin_of_held_out_distance():
@@ -161,6 +196,30 @@ def test_prototype_inputs_are_what_the_fit_clustered_and_the_level_rule_measured
     reused = prototype_inputs(features, config, fitted.hierarchy, held_out=False)
     assert reused.hierarchy is fitted.hierarchy and reused.held_out is None
     assert prototype_inputs(features, replace(config, method="kmeans", k=4)).hierarchy is None
+
+
+@pytest.mark.parametrize("subsampling", ["stratified", "random", "coreset"])
+def test_the_recipe_reads_stored_embeddings_to_the_same_numbers_as_the_whole_tensor(subsampling, tmp_path):
+    """Subsample, held-out vectors (gathered in the same pass), hierarchy and prototypes are identical whether
+    the features are a tensor, wrapped, or a file; the vectors are the rows of the whole unit matrix."""
+    from protoad_lib.methods.protoad import ProtoADConfig
+    from protoad_lib.methods.protoad.level_choice import unseen_indices
+    from protoad_lib.methods.protoad.prototypes import prototype_inputs
+
+    features = torch.randn(6, 16, 9, 9, generator=torch.Generator().manual_seed(1))
+    config = ProtoADConfig(max_vectors=200, seed=3, subsampling=subsampling)
+    reference = prototype_inputs(features, config, progress=False)
+    rows = unit_rows(features)
+    assert np.array_equal(reference.vectors, rows[reference.used])
+    assert np.array_equal(reference.held_out, rows[unseen_indices(len(rows), reference.used, 3)])
+    fitted = build_prototypes(features, max_vectors=200, subsampling=subsampling, seed=3, progress=False)
+    for source in (TensorEmbeddings(features), stored(features, tmp_path)):
+        inputs = prototype_inputs(source, config, progress=False)
+        for name in ("used", "vectors", "held_out"):
+            assert np.array_equal(getattr(inputs, name), getattr(reference, name))
+        assert np.array_equal(inputs.hierarchy.labels, reference.hierarchy.labels)
+        again = build_prototypes(source, max_vectors=200, subsampling=subsampling, seed=3, progress=False)
+        assert again.level == fitted.level and np.array_equal(again.prototypes, fitted.prototypes)
 
 
 def test_level_choice_and_the_recipe_import_one_way():

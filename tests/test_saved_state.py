@@ -25,6 +25,7 @@ from protoad_lib.atomic import CacheWarning
 from protoad_lib.categories import load_category
 from protoad_lib.experiments.ablations import fit_baselines, sigma_ablation, timed
 from protoad_lib.experiments.comparison import MethodResult, score_method
+from protoad_lib.embeddings import write_embeddings
 from protoad_lib.features import CacheKey, FeatureCache, embed_split
 from protoad_lib.methods import make_detector
 from protoad_lib.methods.protoad import ProtoADConfig
@@ -54,9 +55,9 @@ def test_replacing_an_image_at_the_same_count_and_size_is_a_miss(weave_copy, ran
     shutil.copyfile(train[1], train[0])  # another image, same pixel size, same number of images
     after, new_key = embed(random_lite0, train_split(weave_copy), cache)
     assert new_key != key and new_key.n_images == key.n_images
-    assert not torch.equal(after[0], before[0])
-    torch.testing.assert_close(after[0], after[1])
-    assert len(list(cache.directory.glob("*.pt"))) == 2
+    assert not torch.equal(after.read([0]), before.read([0]))
+    torch.testing.assert_close(after.read([0])[0], after.read([1])[0])
+    assert len(list(cache.directory.glob("*.safetensors"))) == 2
 
 
 def test_content_digest_catches_an_edit_that_keeps_size_and_time(weave_copy):
@@ -89,6 +90,7 @@ def test_resize_crop_weights_and_code_version_are_part_of_the_key(tiny_benchmark
 def test_damaged_cache_entry_is_reported_and_recomputed(weave_copy, random_lite0, tmp_path, damage):
     cache = FeatureCache(tmp_path / "cache")
     fresh, key = embed(random_lite0, train_split(weave_copy), cache)
+    fresh_tensor = fresh.to_tensor()
     path = cache.path(key)
     data = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -99,17 +101,18 @@ def test_damaged_cache_entry_is_reported_and_recomputed(weave_copy, random_lite0
     path.write_bytes(bytes(data))
     with pytest.warns(CacheWarning, match=str(path.name)):
         again, _ = embed(random_lite0, train_split(weave_copy), cache)
-    assert torch.equal(again, fresh)
+    assert torch.equal(again.to_tensor(), fresh_tensor)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
-        assert torch.equal(cache.load(key), fresh)  # the recomputed entry is whole again
+        assert torch.equal(cache.load(key).to_tensor(), fresh_tensor)  # the recomputed entry is whole again
 
 
 def test_cache_entry_of_other_settings_under_the_same_name_is_recomputed(tmp_path):
     cache = FeatureCache(tmp_path)
     key = CacheKey("toy", "cat", "train", "resnet18", "random", ("layer1",), 64, 2)
     path = cache.save(key, torch.ones(2, 3, 4, 4))
-    torch.save({"key": key.as_dict() | {"n_images": 3}, "features": torch.zeros(3, 3, 4, 4)}, path)
+    other = json.dumps(key.as_dict() | {"n_images": 3}, sort_keys=True)
+    write_embeddings(path, [torch.zeros(3, 3, 4, 4)], 3, {"key": other})
     with pytest.warns(CacheWarning, match="other settings"):
         assert cache.load(key) is None
     assert not path.exists()

@@ -9,9 +9,11 @@ import torch
 from matplotlib import pyplot as plt
 
 from protoad_lib.data import example_indices
+from protoad_lib.embeddings import as_embeddings
 from protoad_lib.experiments import data_study, evaluation_study, network_study, prototype_study
 from protoad_lib.experiments.ablation_plan import ablation_plan
 from protoad_lib.experiments.comparison import EXAMPLE_DEFECTS, Evaluation, MethodResult
+from protoad_lib.methods.protoad import ProtoAD
 from protoad_lib.report import data_views, evaluation_views, model_views
 from protoad_lib.session import setup
 
@@ -98,6 +100,18 @@ def test_networks_equal_brute_force_map_export_and_reload(run, tmp_path):
     reloaded, metadata, round_trip = network_study.checkpoint_round_trip(
         detector, batch, tmp_path / "bottle.safetensors", run.profile.image_size, run.profile.resize)
     assert metadata["method"] == "protoad" and reloaded.k == detector.k and round_trip < 1e-6
+
+
+def test_head_equivalence_reads_the_embeddings_in_chunks_and_compares_every_patch(random_lite0):
+    channels = sum(random_lite0.channels)
+    embeddings = as_embeddings(torch.randn(5, channels, 6, 7, generator=torch.Generator().manual_seed(0)))
+    detector = ProtoAD(random_lite0, prototypes=torch.randn(9, channels, generator=torch.Generator().manual_seed(1)))
+    with torch.inference_mode():
+        whole = detector.patch_scores(embeddings.to_tensor())
+    rows = [network_study.head_equivalence("x", detector, embeddings, batch_size) for batch_size in (1, 2, 8)]
+    assert all(row["patches compared"] == 5 * 6 * 7 and row["K"] == 9 for row in rows)
+    assert all(row["max |difference|"] < 1e-5 for row in rows)
+    assert {row["mean patch score"] for row in rows} == {round(float(whole.double().mean()), 4)}
 
 
 def test_overlay_examples_carry_every_methods_map_scale_and_score(run):

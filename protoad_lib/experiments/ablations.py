@@ -2,14 +2,15 @@
 
 ProtoAD: layers, FINCH level, the level rule (`level_rule`), clustering method, subsampling, image size, sigma,
 image-score rule.
-Every ablation takes the categories' cached stride-4 embeddings (`categories.CategoryData`), changes one
-setting of ProtoAD at a time, and returns a DataFrame with one row per (setting, category) and the
+Every ablation takes the categories' cached stride-4 embeddings (`categories.CategoryData`, read a few images
+at a time through `embeddings.Embeddings`), changes one setting of ProtoAD at a time, and returns a DataFrame with one row per (setting, category) and the
 columns of `METRIC_COLUMNS` (fractions in 0..1, exact floats: round them for display). Everything is
 deterministic: subsampling, k-means, coreset and random prototypes are seeded by `ProtoADConfig.seed`.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ import torch
 
 from ..backbones import Backbone
 from ..categories import CategoryData, load_category
+from ..embeddings import Embeddings, as_embeddings
 from ..evaluation import Scored, score
 from ..features import FeatureCache, combine_layers
 from ..measure import stopwatch
@@ -42,12 +44,12 @@ METRIC_COLUMNS = HEADLINE_METRICS
 
 
 def fit_protoad(backbone: Backbone, data: CategoryData, config: ProtoADConfig | None = None,
-                sigma: float = 4.0, train_embeddings: torch.Tensor | None = None) -> ProtoAD:
-    """A ProtoAD fitted (silently) on a category's training embeddings."""
+                sigma: float = 4.0, train_embeddings: Embeddings | None = None) -> ProtoAD:
+    """A ProtoAD fitted (silently) on a category's training embeddings (or the given view of them)."""
     detector = ProtoAD(backbone, sigma=sigma, config=config or ProtoADConfig())
     train = data.train_embeddings if train_embeddings is None else train_embeddings
     detector.progress = False
-    detector.fit_features(train)
+    detector.fit_embeddings(train)
     return detector.eval()
 
 
@@ -77,19 +79,30 @@ def _baselines(backbone, categories, config, fits) -> Mapping[str, ProtoAD]:
 # --------------------------------------------------------------------------- layers
 
 
-def layer_subset(embeddings: torch.Tensor, backbone: Backbone, layers: Sequence[int]) -> torch.Tensor:
-    """The embedding ProtoAD would see if the backbone tapped only `layers` (1-based indices).
+def layer_subset(embeddings: Embeddings | torch.Tensor, backbone: Backbone, layers: Sequence[int]) -> Embeddings:
+    """The embedding ProtoAD would see if the backbone tapped only `layers` (1-based indices), as a view
+    computed chunk by chunk (no copy; a paper-sized category's embedding is several GB).
 
-    The cached stride-4 embedding is split back into the layers' own maps (`split_layers`) and the chosen
-    ones are combined again (`combine_layers`): the grid is the first chosen layer's. Every layer: the
-    embedding itself (no copy; a paper-sized category's is several GB).
+    With the first layer kept the grid stays the stride-4 one and the view is the chosen layers' channels
+    (a local view: windows and single patch vectors read through it). Without it, each chunk is split back
+    into the layers' own maps (`split_layers`) and the chosen ones are combined again (`combine_layers`) on
+    the first chosen layer's coarser grid. Every layer: the embeddings themselves.
     """
     if not layers or any(not 1 <= i <= len(backbone.channels) for i in layers):
         raise ValueError(f"layers must be 1-based indices into {backbone.layers}, got {list(layers)}")
-    if sorted(set(layers)) == list(range(1, len(backbone.channels) + 1)):
+    embeddings, chosen = as_embeddings(embeddings), sorted(set(layers))
+    if chosen == list(range(1, len(backbone.channels) + 1)):
         return embeddings
-    maps = split_layers(embeddings, backbone.channels, backbone.strides)
-    return combine_layers([maps[i - 1] for i in sorted(layers)])
+    if chosen[0] == 1:
+        starts = [0, *itertools.accumulate(backbone.channels)]
+        channels = torch.cat([torch.arange(starts[i - 1], starts[i]) for i in chosen])
+        return embeddings.mapped(lambda chunk: chunk[:, channels], local=True)
+
+    def combined(chunk: torch.Tensor) -> torch.Tensor:
+        maps = split_layers(chunk, backbone.channels, backbone.strides)
+        return combine_layers([maps[i - 1] for i in chosen])
+
+    return embeddings.mapped(combined)
 
 
 def layer_ablation(backbone: Backbone, categories: Sequence[CategoryData],
@@ -178,7 +191,7 @@ def clustering_method_ablation(backbone: Backbone, categories: Sequence[Category
             else:
                 settings = replace(reference.settings, method=method, k=reference.k, level=None)
                 detector = fit_protoad(backbone, data, settings, sigma=reference.sigma)
-            normal = data.test_embeddings[data.labels == 0]
+            normal = data.test_embeddings.subset(torch.nonzero(data.labels == 0).flatten())
             held_out = nearest_prototype_distance(normal, detector.head.prototypes).double().mean()
             rows.append(_row("clustering", method, data, detector.k, score(detector, data),
                              held_out_distance=float(held_out),
@@ -242,10 +255,10 @@ def image_size_ablation(backbone: Backbone, root: str | Path, category: str, lay
         data = load_category(backbone, root, category, layout=layout, resize=resize, image_size=size,
                              batch_size=batch_size, device=device, cache=cache, dataset_name=name, progress=False)
         detector = fit_protoad(backbone, data, config)
-        grid = data.test_embeddings.shape[-2:]
+        grid = data.test_embeddings.grid
         rows.append(_row("image_size", f"{size} px", data, detector.k, score(detector, data), image_size=size,
                          resize=resize, grid=f"{grid[0]} x {grid[1]}"))
-        del data, detector  # one size's embeddings in memory at a time
+        del data, detector  # without a cache, one size's temporary embedding files at a time
     return pd.DataFrame(rows)
 
 
@@ -337,7 +350,7 @@ def ablate_category(run: RunSetup, spec: DatasetSpec, category: str, plan: Ablat
     ablate("prn", lambda data: prn_ablation(backbone, data, plan.prn_epochs, plan.prn_seen,
                                             {"schedule": plan.prn_schedule}, seed=run.seed, device=run.device),
            category_data)
-    shared.clear()  # the image-size ablation holds its own embeddings (larger ones at 288 px)
+    shared.clear()  # the image-size ablation loads its own embeddings (larger ones at 288 px)
     ablate("image_size", lambda: image_size_ablation(
         backbone, run.root(spec), category, layout=spec.layout, sizes=plan.image_sizes, config=config,
         cache=run.cache, dataset_name=spec.name, batch_size=run.profile.batch_size, device=run.device,
@@ -354,8 +367,8 @@ def timed(compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
 
 
 def run_ablations(run: RunSetup, plan: AblationPlan, config: ProtoADConfig) -> dict[str, pd.DataFrame]:
-    """Every ablation on every category of the run, category by category (one category's embeddings in
-    memory at a time), each (category, ablation) table stored as it finishes so an interrupted run resumes
+    """Every ablation on every category of the run, category by category (one category loaded at a time,
+    its embeddings read a few images at a time), each (category, ablation) table stored as it finishes so an interrupted run resumes
     after the last finished one. `seconds`: what each ablation took on each category (stored with its table)."""
     store = run.store("ablations", {"plan": asdict(plan), "config": asdict(config)})
     per_category = [ablate_category(run, spec, category, plan, config, index, store)

@@ -23,7 +23,7 @@ MARGINS: tuple[float | None, ...] = (None, 0.25, 0.5, 1.0)
 def head_ms(detector: ProtoAD, data: CategoryData, repeats: int = 20) -> float:
     """Median time (ms) of everything after the backbone for one test image (batch size 1)."""
     backbone = detector.backbone
-    maps = split_layers(data.test_embeddings[:1], backbone.channels, backbone.strides)
+    maps = split_layers(data.test_embeddings.read([0]), backbone.channels, backbone.strides)
     with torch.inference_mode():
         return p50(time_callable(lambda: detector.head_forward(maps, data.image_size), warmup=3,
                                  repeats=repeats)) * 1000

@@ -15,6 +15,7 @@ import torch
 
 from ..checkpoint import export_onnx, export_torchscript, load_detector, missing_export_modules, save_detector
 from ..data import example_indices
+from ..embeddings import Embeddings
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..session import RunSetup
 
@@ -61,19 +62,23 @@ def max_abs_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> 
 
 
 @torch.inference_mode()
-def head_equivalence(category: str, detector: ProtoAD, embeddings: torch.Tensor) -> dict:
-    """Network head vs brute-force nearest-prototype search on every test patch of a category.
+def head_equivalence(category: str, detector: ProtoAD, embeddings: Embeddings, batch_size: int = 8) -> dict:
+    """Network head vs brute-force nearest-prototype search on every test patch of a category, `batch_size`
+    images at a time.
 
     The head is L2 normalisation + a 1x1 convolution with K prototype kernels + max over K + ``1 - x``;
     the reference computes ``1 - max_k cos(x, m_k)`` with explicit float64 dot products.
     """
     device = detector.head.conv.weight.device
-    features = detector.features_from_embedding(embeddings.to(device))
-    network = detector.patch_scores(features)
-    reference = nearest_prototype_distance(features, detector.head.prototypes)
-    return {"category": category, "K": detector.k, "patches compared": int(network.numel()),
-            "max |difference|": max_abs_diff(network, reference),
-            "mean patch score": round(float(network.double().mean()), 4)}
+    patches, total, worst = 0, 0.0, 0.0
+    for chunk in detector.method_view(embeddings).chunks(batch_size):
+        features = chunk.to(device)
+        network = detector.patch_scores(features)
+        reference = nearest_prototype_distance(features, detector.head.prototypes)
+        patches, total = patches + network.numel(), total + float(network.double().sum())
+        worst = max(worst, max_abs_diff(network, reference))
+    return {"category": category, "K": detector.k, "patches compared": patches, "max |difference|": worst,
+            "mean patch score": round(total / patches, 4)}
 
 
 @torch.inference_mode()
@@ -91,14 +96,14 @@ def end_to_end_diff(detector: ProtoAD, images01: torch.Tensor) -> float:
 def build_networks(run: RunSetup) -> Networks:
     """Fit ProtoAD (the profile's clustering budget, the run's seed) on every category's cached train
     embeddings, keep its example test images (`data.example_indices`) and prove the network equal to
-    brute force on them and on every test patch (one category's embeddings in memory at a time)."""
+    brute force on them and on every test patch (one category at a time, its embeddings read in chunks)."""
     config = ProtoADConfig(max_vectors=run.profile.max_vectors, seed=run.seed)
     networks, rows = Networks(), []
     for spec, category in run.each_category("networks"):
         data = run.load(spec, category)
         detector = ProtoAD(run.backbone, config=config)
         detector.progress = False
-        networks.detectors[category] = detector.fit_features(data.train_embeddings).to(run.device).eval()
+        networks.detectors[category] = detector.fit_embeddings(data.train_embeddings).to(run.device).eval()
         networks.examples[category] = [data.test[i] for i in example_indices(data.test)]
         networks.roots[category] = Path(data.test.root)
         row = head_equivalence(category, detector, data.test_embeddings)

@@ -69,17 +69,18 @@ def options_key(options: dict) -> tuple:
 def fit_and_score_together(data: CategoryData, detectors: Sequence[NPad], batch_size: int = 16) -> list[dict]:
     """Metrics and K of unfitted N-pad `detectors` that share their Gaussians' options, fitted with
     `fit_sharing_gaussians` and scored with each test neighbourhood's Mahalanobis maps computed once: the
-    same results as fitting and scoring each alone (tested), in a fraction of the time."""
+    same results as fitting and scoring each alone (tested), in a fraction of the time. The test features are
+    read `batch_size` images at a time; kept are one Mahalanobis map [N, h, w] per test neighbourhood and
+    one centroid-distance map [N, h, w] per detector with centroids."""
     for detector in detectors:
         detector.progress = False
     first = detectors[0]
-    fit_sharing_gaussians(list(detectors), first.features_from_embedding(data.train_embeddings))
+    fit_sharing_gaussians(list(detectors), first.method_view(data.train_embeddings))
     rules = {detector.test_neighbourhood for detector in detectors}
     gauss: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
     centroid: list[list[torch.Tensor | None]] = [[] for _ in detectors]
     with torch.inference_mode():
-        for start in range(0, len(data.test_embeddings), batch_size):
-            batch = first.features_from_embedding(data.test_embeddings[start : start + batch_size])
+        for batch in first.method_view(data.test_embeddings).chunks(batch_size):
             for rule in rules:
                 gauss[rule].append(first.mahalanobis(batch, rule))
             for distances, detector in zip(centroid, detectors):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..embeddings import Embeddings
 from ..measure import PeakMemory, stopwatch
 from ..methods.protoad import ProtoADConfig, prototype_usage
 from ..methods.protoad.prototypes import FinchHierarchy, cluster_prototypes, prototype_inputs
@@ -51,7 +52,7 @@ class ClusteringStudy:
         return "\n".join(self.lines)
 
 
-def timed_inputs(features: torch.Tensor, config: ProtoADConfig) -> tuple[TimedHierarchy, np.ndarray]:
+def timed_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig) -> tuple[TimedHierarchy, np.ndarray]:
     """ProtoAD's recipe up to the clustering (`prototype_inputs`: subsample, FINCH; no bar, no held-out set),
     timed and memory-measured, and the clustered unit vectors."""
     with PeakMemory("cpu") as memory, stopwatch() as watch:
@@ -63,9 +64,9 @@ def timed_inputs(features: torch.Tensor, config: ProtoADConfig) -> tuple[TimedHi
 
 
 def study_clustering(run: RunSetup) -> ClusteringStudy:
-    """One pass over the run's categories (one category's embeddings in memory at a time), with notebook 07's
-    reference configuration (`ablation_plan`): the timed recipe, prototype usage over every training patch
-    (not only the clustered subsample), and the clustering ablation on the same data."""
+    """One pass over the run's categories (one at a time, its embeddings read a few images at a time), with
+    notebook 07's reference configuration (`ablation_plan`): the timed recipe, prototype usage over every
+    training patch (not only the clustered subsample), and the clustering ablation on the same data."""
     config = ablation_plan(run.profile, run.device).config(seed=run.seed)
     study, comparisons = ClusteringStudy(), []
     for spec, category in run.each_category("clustering"):

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..backbones import Backbone
-from ..features import as_loader, embed_batches
+from ..embeddings import Embeddings, as_embeddings
+from ..features import as_loader, spill
 from ..postprocess import AnomalyMapHead
 from ..progress import progress_bar
 
@@ -136,8 +137,9 @@ class AnomalyDetector(nn.Module, ABC):
         """The method's patch features [B, C, h, w] from the backbone's tapped maps."""
 
     @abstractmethod
-    def fit_features(self, features: torch.Tensor) -> "AnomalyDetector":
-        """Fit on the patch features [N, C, h, w] of the good training images."""
+    def fit_features(self, features: Embeddings | torch.Tensor) -> "AnomalyDetector":
+        """Fit on the patch features [N, C, h, w] of the good training images: an `Embeddings` (read a few
+        images at a time, never whole) or, for small data, a tensor."""
 
     @abstractmethod
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
@@ -146,6 +148,15 @@ class AnomalyDetector(nn.Module, ABC):
     def features_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         """The method's features from a cached stride-4 embedding of all backbone layers."""
         return self.features_from_maps(split_layers(embedding, self.backbone.channels, self.backbone.strides))
+
+    def method_view(self, embeddings: Embeddings | torch.Tensor) -> Embeddings:
+        """The method's features of stride-4 embeddings, computed as they are read (`features_from_embedding`
+        per chunk); a method whose features are local (a channel subset) or the embedding itself says so."""
+        return as_embeddings(embeddings).mapped(self.features_from_embedding)
+
+    def fit_embeddings(self, embeddings: Embeddings | torch.Tensor) -> "AnomalyDetector":
+        """Fit on cached stride-4 embeddings of the good training images (through `method_view`)."""
+        return self.fit_features(self.method_view(embeddings))
 
     def patch_scores_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Patch scores straight from the backbone's maps; a method may fuse its steps here."""
@@ -167,13 +178,13 @@ class AnomalyDetector(nn.Module, ABC):
     def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head_forward(self.backbone(images01), images01.shape[-2:])
 
-    @torch.inference_mode()
     def method_features(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
-                        progress: bool = True) -> torch.Tensor:
-        """The method's patch features [N, C, h, w] of every image of a dataset, on the CPU."""
+                        progress: bool = True) -> Embeddings:
+        """The method's patch features [N, C, h, w] of every image of a dataset, written batch by batch to a
+        temporary file (`embeddings.SpilledEmbeddings`) that the fit reads back a few images at a time."""
         self.to(device).eval()
-        return embed_batches(self.backbone, data, batch_size, device, lambda maps: self.features_from_maps(maps).cpu(),
-                             progress, f"{self.method}: features", leave=True)
+        return spill(self.backbone, data, batch_size, device, self.features_from_maps, progress,
+                     f"{self.method}: features", leave=True)
 
     @torch.inference_mode()
     def fit(self, data: Dataset | Iterable, batch_size: int = 8, device: str | torch.device = "cpu",
@@ -192,11 +203,11 @@ class AnomalyDetector(nn.Module, ABC):
         )
 
     @torch.inference_mode()
-    def predict_embeddings(self, embeddings: torch.Tensor, image_size: tuple[int, int],
+    def predict_embeddings(self, embeddings: Embeddings | torch.Tensor, image_size: tuple[int, int],
                            batch_size: int = 16) -> Predictions:
-        """Maps and scores from cached stride-4 embeddings, skipping the backbone."""
+        """Maps and scores from cached stride-4 embeddings, skipping the backbone, `batch_size` images at a time
+        (only the maps and scores are kept)."""
         return Predictions.of_batches(
-            self.maps_and_scores(self.patch_scores(self.features_from_embedding(embeddings[start : start + batch_size])),
-                                 image_size)
-            for start in range(0, len(embeddings), batch_size)
+            self.maps_and_scores(self.patch_scores(features), image_size)
+            for features in self.method_view(embeddings).chunks(batch_size)
         )

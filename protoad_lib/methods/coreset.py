@@ -7,6 +7,7 @@ large one" (PatchCore's memory bank, coreset prototypes in the ProtoAD ablations
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 
@@ -68,7 +69,15 @@ class GreedyCoresetSampler:
         """
         if features.ndim != 2:
             raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
-        total = features.shape[0]
+        return self.select_from_chunks(features.split(self.batch_size), n_samples)
+
+    def select_from_chunks(self, chunks: Iterable[torch.Tensor], n_samples: int | None = None) -> torch.Tensor:
+        """`select` of the rows of `chunks` ([n_i, D] each, in order) taken together: each chunk is projected as
+        it comes, so only the [N, projection_dim] projection is held (what the greedy loop runs on)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            reduced = self._project(chunks, generator)
+        total = reduced.shape[0]
         if total == 0:
             raise ValueError("Cannot select a coreset of zero points.")
         if n_samples is None:
@@ -77,25 +86,21 @@ class GreedyCoresetSampler:
             n_samples = max(1, int(total * self.fraction))
         if not 1 <= n_samples <= total:
             raise ValueError(f"n_samples must be in [1, {total}], got {n_samples}")
-
-        generator = torch.Generator().manual_seed(self.seed)
-        device = torch.device(self.device) if self.device is not None else features.device
         with torch.no_grad():
-            reduced = self._project(features, generator, device)
             return self._greedy(reduced, n_samples, generator).cpu()
 
-    def _project(self, features: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        dim = features.shape[1]
-        if self.projection_dim is None or dim == self.projection_dim:
-            return features.to(device, torch.float32).contiguous()
-        matrix = torch.randn(dim, self.projection_dim, generator=generator) / math.sqrt(self.projection_dim)
-        matrix = matrix.to(device)
-        return torch.cat(
-            [
-                features[start : start + self.batch_size].to(device, torch.float32) @ matrix
-                for start in range(0, features.shape[0], self.batch_size)
-            ]
-        )
+    def _project(self, chunks: Iterable[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        matrix, parts = None, []
+        for chunk in chunks:
+            device = torch.device(self.device) if self.device is not None else chunk.device
+            rows = chunk.to(device, torch.float32)
+            if self.projection_dim is not None and chunk.shape[1] != self.projection_dim:
+                if matrix is None:
+                    matrix = torch.randn(chunk.shape[1], self.projection_dim, generator=generator)
+                    matrix = (matrix / math.sqrt(self.projection_dim)).to(device)
+                rows = rows @ matrix
+            parts.append(rows.contiguous())
+        return torch.cat(parts) if parts else torch.empty(0, self.projection_dim or 0)
 
     def _greedy(self, points: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
         total = points.shape[0]

@@ -15,12 +15,14 @@ centroids); the neighbourhood used in training and in evaluation.
   for position p the mean and unbiased covariance (+ epsilon * I) of x_n(p + delta) over every
   training image n and every in-bounds offset |delta|_inf <= radius. `pooled_moments` computes them
   from per-row moment sums S1 = sum_n x_n, S2 = sum_n x_n x_n^T, box-filtered over 2r+1 rows then
-  2r+1 columns: one pass over the images, in float64, the features centred by their global mean
-  first (so E[xx^T] - mu mu^T does not cancel badly). The grid is processed in blocks (bands of rows,
-  and column windows with an r-column halo when d is large) whose row sums are computed once and
-  kept while a halo needs them; covariances are inverted per block in float64 (Cholesky,
-  `spd_inverse`) and stored in float32, as PaDiM. With radius 0 and no centroid term the detector is
-  PaDiM (same channels, same Gaussians, same scores; tested).
+  2r+1 columns: one pass over the images, in float64, the features centred by a constant (the mean
+  of the first chunk read in that column window, so E[xx^T] - mu mu^T does not cancel badly). The
+  grid is processed in blocks (bands of rows, and column windows with an r-column halo when d is
+  large), each read from the `Embeddings` source as a window of the grid for a few images at a time
+  (never all images' features at once); their row sums are accumulated over the chunks of images,
+  computed once and kept while a halo needs them; covariances are inverted per block in float64
+  (Cholesky, `spd_inverse`) and stored in float32, as PaDiM. With radius 0 and no centroid term the
+  detector is PaDiM (same channels, same Gaussians, same scores; tested).
 - Test neighbourhood [ours]: "pooled" scores x(p) against p's own pooled Gaussian; "min" (default)
   takes the minimum Mahalanobis distance over the Gaussians of every in-bounds position within the
   radius, (2r+1)^2 times PaDiM's scoring cost (the abstract's "neighbourhood in evaluation"); both
@@ -40,9 +42,16 @@ centroids); the neighbourhood used in training and in evaluation.
   centroid term the score is the raw Mahalanobis distance (PaDiM's).
 - Map: bilinear upsampling + Gaussian sigma 4; image score = max of the map (base class, as PaDiM).
 
-Memory: the inverse covariances take h*w*d^2*4 bytes (56*56*550^2*4 = 3.8 GB at d = 550 with
-wide_resnet50_2, 0.13 GB at d = 100, 37 MB at efficientnet_lite0's default d = 54); the pooling's
-float64 temporaries are a few blocks of `BLOCK_BYTES` (64 MB), a few hundred MB whatever d and N.
+Memory: the model, h*w*d^2*4 bytes of inverse covariances (56*56*550^2*4 = 3.8 GB at d = 550 with
+wide_resnet50_2, 0.13 GB at d = 100, 37 MB at efficientnet_lite0's default d = 54) plus h*w*d*4 of
+means and K*d*4 of centroids, is the floor. Working memory does not grow with the number N of
+training images: the pooling reads a window of at most max(P, 2r+1) + 2r(2r+1) grid positions, P =
+`block_positions()` = BLOCK_BYTES / (8 d max(d, 8)), of b = max(8, d) images at a time, so (halo aside)
+a read's float64 copy (8 b d P bytes) and one float64 block of d x d moments (8 d^2 P bytes) are each
+at most `BLOCK_BYTES` (64 MB); the pooling holds about eight such blocks, a few hundred MB whatever d
+and N (N only sets how many reads a block takes); k-means holds its `centroid_vectors` x d float32
+sample; scoring the held-out images reads 8 of them at a time (8 d h w float32 and the "min"
+neighbourhood's shifted copy), keeping only their [n, h, w] maps.
 
 Defaults [ours], measured with efficientnet_lite0 (ImageNet weights, d = 54) on the real
 `mvtec_bottle_mini` (40 train / 13 test images; pixel AUROC, AUPRO): PaDiM 0.985 / 0.958 (= N-pad
@@ -59,89 +68,20 @@ inverse covariances and about 0.3 GB the pooling's temporaries.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import faiss
 import torch
 
 from ..backbones import Backbone
+from ..embeddings import CHUNK_IMAGES, Embeddings, as_embeddings
 from ..progress import progress_bar
 from .base import AnomalyDetector
 from .components import holdout_split, kmeans
+from .npad_pooling import column_windows, pooled_moments, spd_inverse
 from .padim import PaDiM
 
 NEIGHBOURHOODS = ("pooled", "min")
 FUSIONS = ("sum", "weighted", "max")
 BLOCK_BYTES = 64 * 2**20  # float64 moments of one block of positions; the pooling holds about six
-
-
-def window_sum(values: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Sum over the in-bounds indices within `radius` of each index along `dim` (the index itself included)."""
-    total = values.clone()
-    size = values.shape[dim]
-    for shift in range(1, min(radius, size - 1) + 1):
-        total.narrow(dim, shift, size - shift).add_(values.narrow(dim, 0, size - shift))
-        total.narrow(dim, 0, size - shift).add_(values.narrow(dim, shift, size - shift))
-    return total
-
-
-def row_sums(block: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """S1 [rows, w, d] and S2 [rows, w, d, d] (float64) of features [N, d, rows, w], centred by `centre` [d]."""
-    # Contiguous before the batched product: on a busy 2-core machine the strided product was 10-30x slower.
-    centred = block.permute(2, 3, 0, 1).to(torch.float64, memory_format=torch.contiguous_format).sub_(centre)
-    return centred.sum(dim=2), centred.transpose(-1, -2) @ centred
-
-
-def pooled_moments(features: torch.Tensor, radius: int, images: torch.Tensor | None = None,
-                   band_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Per band of `band_rows` grid rows (default all) of features [N, d, h, w]: (first row y0, mean
-    [B, w, d], unbiased covariance [B, w, d, d]), float64, without epsilon, of x_n(p + delta) over the
-    images `images` (default all) and every in-bounds offset |delta|_inf <= radius.
-
-    Row sums S1, S2 are computed once per grid row and kept while a band's 2r-row halo needs them;
-    window sums over rows then columns pool them (the box filter), counts likewise."""
-    _, _, height, width = features.shape
-    n_images = len(features) if images is None else len(images)
-    if n_images * min(radius + 1, height) * min(radius + 1, width) < 2:
-        raise ValueError("N-pad needs at least 2 pooled vectors per position (more images or a larger radius).")
-    band_rows = height if band_rows is None else max(1, band_rows)
-    centre = features.mean(dim=(0, 2, 3)).double()  # any constant centre is exact; the mean keeps sums small
-    chosen = None if images is None else images.to(features.device)
-    columns = window_sum(torch.ones(width, dtype=torch.float64, device=features.device), radius, 0)
-    cached_from, first_rows, second_rows = 0, None, None  # row sums of rows [cached_from, cached_from + len)
-    for y0 in range(0, height, band_rows):
-        y1 = min(height, y0 + band_rows)
-        top, bottom = max(0, y0 - radius), min(height, y1 + radius)
-        start = top if first_rows is None else cached_from + len(first_rows)
-        block = features[:, :, start:bottom]
-        new_first, new_second = row_sums(block if chosen is None else block.index_select(0, chosen), centre)
-        if first_rows is not None:
-            new_first = torch.cat([first_rows[top - cached_from :], new_first])
-            new_second = torch.cat([second_rows[top - cached_from :], new_second])
-        cached_from, first_rows, second_rows = top, new_first, new_second
-        inside = slice(y0 - top, y1 - top)
-        first = window_sum(window_sum(first_rows, radius, 0)[inside], radius, 1)  # [B, w, d]
-        second = window_sum(window_sum(second_rows, radius, 0)[inside], radius, 1)  # [B, w, d, d]
-        rows = window_sum(torch.ones(bottom - top, dtype=torch.float64, device=features.device), radius, 0)[inside]
-        counts = n_images * rows[:, None] * columns  # [B, w] pooled vectors per position
-        mean = first / counts[..., None]
-        outer = (mean[..., :, None] * mean[..., None, :]).mul_(counts[..., None, None])
-        yield y0, mean + centre, second.sub_(outer).div_((counts - 1)[..., None, None])
-
-
-def spd_inverse(matrices: torch.Tensor) -> torch.Tensor:
-    """Inverses of symmetric positive definite matrices [..., d, d] through their Cholesky factors.
-
-    Equal to `torch.linalg.inv` up to rounding (what PaDiM uses), but measured 200x faster for 3136 54x54
-    float64 matrices on a busy 2-core machine, where MKL's threaded LU inversion stalls (50 s vs 0.25 s)."""
-    return torch.cholesky_inverse(torch.linalg.cholesky(matrices))
-
-
-def column_windows(width: int, radius: int, columns: int) -> list[tuple[int, int, int, int]]:
-    """(x0, x1, a, b): output columns [x0, x1) of at most `columns`, computed from input columns [a, b) (r halo)."""
-    columns = max(1, columns)
-    return [(x0, min(width, x0 + columns), max(0, x0 - radius), min(width, x0 + columns + radius))
-            for x0 in range(0, width, columns)]
 
 
 def shift_slices(offset: int, size: int) -> tuple[slice, slice]:
@@ -210,6 +150,10 @@ class NPad(AnomalyDetector):
         return self.gaussian.seed
 
     # --- features -------------------------------------------------------------------------------
+    def method_view(self, embeddings: Embeddings | torch.Tensor) -> Embeddings:
+        """PaDiM's channel subset of stride-4 embeddings, read window by window of the grid when fitting."""
+        return self.gaussian.method_view(embeddings)
+
     def features_from_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return self.gaussian.features_from_maps(maps)
 
@@ -217,8 +161,9 @@ class NPad(AnomalyDetector):
         return self.gaussian.features_from_embedding(embedding)
 
     # --- fit ------------------------------------------------------------------------------------
-    def fit_features(self, features: torch.Tensor) -> "NPad":
-        """Fit on features [N, d, h, w]; with the centroid term, first the held-out standardisation."""
+    def fit_features(self, features: Embeddings | torch.Tensor) -> "NPad":
+        """Fit on features [N, d, h, w] (an `Embeddings`, read a few images or a window of the grid at a
+        time, or a tensor); with the centroid term, first the held-out standardisation."""
         fit_sharing_gaussians([self], features)
         return self
 
@@ -226,42 +171,52 @@ class NPad(AnomalyDetector):
         """The options the pooled Gaussians (and the hold-out split) depend on."""
         return {**self.gaussian.options(), "radius": self.radius, "holdout": self.holdout}
 
-    def block_positions(self, n_images: int) -> int:
-        """Grid positions pooled at once: `chunk_size`, or `BLOCK_BYTES` of float64 d x d (or N x d) blocks."""
+    def images_per_read(self) -> int:
+        """Images whose window of the grid the pooling reads together: max(8, d), so each read's product
+        S2 += X^T X is a rank-b update large enough to be efficient."""
+        return max(CHUNK_IMAGES, self.gaussian.n_features)
+
+    def block_positions(self) -> int:
+        """Grid positions pooled at once: `chunk_size`, or as many as keep a float64 d x d block and a float64
+        read of `images_per_read` images within `BLOCK_BYTES` each (BLOCK_BYTES / (8 d max(d, 8))), whatever N."""
         if self.gaussian.chunk_size is not None:
             return max(1, int(self.gaussian.chunk_size))
         channels = self.gaussian.n_features
-        return max(1, BLOCK_BYTES // (8 * channels * max(channels, n_images)))
+        return max(1, BLOCK_BYTES // (8 * channels * self.images_per_read()))
 
-    def fit_gaussians(self, features: torch.Tensor, images: torch.Tensor | None, description: str) -> None:
-        """Per-position pooled mean and inverse regularised covariance, block by block of the grid: a
-        column window (plus the r-column halo) of at most `block_positions` / (2r+1) columns, bands of rows."""
-        count, channels, height, width = features.shape
+    def fit_gaussians(self, features: Embeddings | torch.Tensor, images: torch.Tensor | None, description: str) -> None:
+        """Per-position pooled mean and inverse regularised covariance, block by block of the grid: a column
+        window of at most P / (2r+1) columns (plus the r-column halo) and bands of rows, P = `block_positions`,
+        so a read covers at most max(P, 2r+1) + 2r(2r+1) positions of `images_per_read` images."""
+        features = as_embeddings(features)
+        _, channels, height, width = features.shape
         self.gaussian.mean = self.gaussian.cov_inv = None  # free the previous fit first
-        budget, halo = self.block_positions(count if images is None else len(images)), 2 * self.radius
+        budget, halo = self.block_positions(), 2 * self.radius
         windows = column_windows(width, self.radius, budget // (halo + 1))
-        band_rows = max(1, budget // (windows[0][3] - windows[0][2]) - halo)
-        mean = torch.empty(channels, height, width, device=features.device)
-        cov_inv = torch.empty(height, width, channels, channels, device=features.device)
-        identity = torch.eye(channels, dtype=torch.float64, device=features.device)
+        band_rows = max(1, budget // max(b - a for _, _, a, b in windows) - halo)
+        mean = torch.empty(channels, height, width)
+        cov_inv = torch.empty(height, width, channels, channels)
+        identity = torch.eye(channels, dtype=torch.float64)
         with progress_bar(total=len(windows) * -(-height // band_rows), desc=description, enabled=self.progress) as bar:
             for x0, x1, a, b in windows:
-                for y0, band_mean, covariance in pooled_moments(features[..., a:b], self.radius, images, band_rows):
+                bands = pooled_moments(features, self.radius, images, band_rows, slice(a, b), self.images_per_read())
+                for y0, band_mean, covariance in bands:
                     y1, keep = y0 + len(band_mean), slice(x0 - a, x1 - a)
                     mean[:, y0:y1, x0:x1] = band_mean[:, keep].permute(2, 0, 1).float()
-                    cov_inv[y0:y1, x0:x1] = spd_inverse(covariance[:, keep] + self.gaussian.epsilon * identity).float()
+                    regularised = covariance[:, keep] + self.gaussian.epsilon * identity.to(covariance.device)
+                    cov_inv[y0:y1, x0:x1] = spd_inverse(regularised).float()
                     bar.update()
         self.gaussian.mean, self.gaussian.cov_inv = mean, cov_inv.view(height * width, channels, channels)
 
-    def sample_vectors(self, features: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+    def sample_vectors(self, features: Embeddings | torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """At most `centroid_vectors` patch vectors [M, d] of the chosen images, drawn at random (seeded)."""
+        features = as_embeddings(features)
         chosen = torch.arange(len(features)) if images is None else images.cpu()
         positions = features.shape[2] * features.shape[3]
         total = len(chosen) * positions
         generator = torch.Generator().manual_seed(self.seed)
         picks = torch.randperm(total, generator=generator)[: self.centroid_vectors].sort().values
-        flat = features.flatten(2)
-        return flat[chosen[picks // positions].to(flat.device), :, (picks % positions).to(flat.device)]
+        return features.gather((chosen[picks // positions] * positions + picks % positions).numpy())
 
     def set_centroids(self, centroids: torch.Tensor) -> None:
         """Install centroids [K, d] (CPU, float32) and their exact faiss index (empty: the term is off)."""
@@ -339,19 +294,20 @@ class NPad(AnomalyDetector):
         return detector
 
 
-def fit_sharing_gaussians(detectors: list[NPad], features: torch.Tensor) -> None:
+def fit_sharing_gaussians(detectors: list[NPad], features: Embeddings | torch.Tensor) -> None:
     """Fit N-pad detectors that differ only in their centroid term, test neighbourhood or fusion on the same
-    features [N, d, h, w], as each `fit_features` would, but with the pooled Gaussians fitted once for
-    all: on the held-out split's fit images (when a detector has centroids), scored on the held-out
-    images once per test neighbourhood, then on all images, installed in every detector (one shared
-    `gaussian`, fitted anew: refitting a detector alone later leaves the others' untouched). Per detector only
-    its standardisation is computed, and k-means once per centroid setting."""
+    features [N, d, h, w] (an `Embeddings` or a tensor), as each `fit_features` would, but with the pooled
+    Gaussians fitted once for all: on the held-out split's fit images (when a detector has centroids),
+    scored on the held-out images (a chunk of them at a time) once per test neighbourhood, then on all
+    images, installed in every detector (one shared `gaussian`, fitted anew: refitting a detector alone
+    later leaves the others' untouched). Per detector only its standardisation is computed, and k-means
+    once per centroid setting."""
     first = detectors[0]
     if any(detector.gaussian_options() != first.gaussian_options() for detector in detectors):
         raise ValueError("detectors fitted together must share their Gaussians' options")
+    features = as_embeddings(features)
     if features.shape[1] != first.gaussian.n_features:
         raise ValueError(f"expected {first.gaussian.n_features} channels, got {features.shape[1]}")
-    features = features.detach()
     first.gaussian = PaDiM(first.backbone, **first.gaussian.config())  # not one an earlier joint fit shares
     kmeans: dict[tuple, torch.Tensor] = {}
 
@@ -366,11 +322,18 @@ def fit_sharing_gaussians(detectors: list[NPad], features: torch.Tensor) -> None
     if standardised:
         fit, held_out = holdout_split(len(features), first.holdout, first.seed)
         first.fit_gaussians(features, fit, "npad: held-out fit")
-        held = features.index_select(0, held_out.to(features.device))
-        gauss = {rule: first.mahalanobis(held, rule) for rule in {d.test_neighbourhood for d in standardised}}
         for detector in standardised:
             install_centroids(detector, fit)
-            detector.score_stats = standardisation(gauss[detector.test_neighbourhood], detector.centroid_distances(held))
+        rules = sorted({detector.test_neighbourhood for detector in standardised})
+        gauss: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
+        centroid: list[list[torch.Tensor]] = [[] for _ in standardised]
+        for held in features.subset(held_out).chunks():
+            for rule in rules:
+                gauss[rule].append(first.mahalanobis(held, rule))
+            for maps, detector in zip(centroid, standardised):
+                maps.append(detector.centroid_distances(held))
+        for maps, detector in zip(centroid, standardised):
+            detector.score_stats = standardisation(torch.cat(gauss[detector.test_neighbourhood]), torch.cat(maps))
     first.fit_gaussians(features, None, "npad: Gaussians")
     for detector in detectors:
         detector.gaussian = first.gaussian

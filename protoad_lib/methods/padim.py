@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Backbone
-from .base import AnomalyDetector
+from ..embeddings import Embeddings, as_embeddings
 from ..features import combine_layers
+from ..progress import progress_bar
+from .base import AnomalyDetector
 
 # (backbone name, total channels) -> channels kept, the settings of the PaDiM paper / official code.
 PAPER_N_FEATURES = {("resnet18", 448): 100, ("wide_resnet50_2", 1792): 550}
@@ -36,6 +38,16 @@ def random_channel_subset(total_channels: int, n_features: int, seed: int) -> to
     return torch.randperm(total_channels, generator=generator)[:n_features].sort().values
 
 
+def grid_blocks(height: int, width: int, positions: int) -> list[tuple[slice, slice]]:
+    """Windows (rows, cols) covering an h x w grid with at most `positions` positions each: bands of whole
+    rows when a row fits, else pieces of one row."""
+    if positions >= width:
+        band = positions // width
+        return [(slice(top, min(top + band, height)), slice(0, width)) for top in range(0, height, band)]
+    return [(slice(row, row + 1), slice(left, min(left + positions, width)))
+            for row in range(height) for left in range(0, width, positions)]
+
+
 class PaDiM(AnomalyDetector):
     """PaDiM: per-position multivariate Gaussians over a random channel subset of the stride-4 embedding.
 
@@ -55,8 +67,9 @@ class PaDiM(AnomalyDetector):
     Anomaly map: bilinear upsampling + Gaussian smoothing (base class); image score: maximum of the
     smoothed map (base-class default, as the official code).
 
-    Memory: the inverse covariances take h * w * d^2 * 4 bytes (wide_resnet50_2 at 224 px:
-    3136 * 550^2 * 4 = 3.8 GB).
+    Memory: the model, h * w * d^2 * 4 bytes of inverse covariances (wide_resnet50_2 at 224 px:
+    3136 * 550^2 * 4 = 3.8 GB), is the floor; the fit reads its features block by block of grid positions
+    (`positions_per_block`: about 256 MB of working memory, whatever the number of training images).
     """
 
     method = "padim"
@@ -94,27 +107,50 @@ class PaDiM(AnomalyDetector):
         """The channel subset of a stride-4 combined embedding (what `features_from_maps` selects from)."""
         return embedding.index_select(1, self.channel_index.to(embedding.device))
 
+    def method_view(self, embeddings: Embeddings | torch.Tensor) -> Embeddings:
+        """The channel subset, read position by position (a band of grid rows at a time when fitting)."""
+        return as_embeddings(embeddings).mapped(self.features_from_embedding, local=True)
+
     # --- fit ------------------------------------------------------------------------------------
-    def fit_features(self, features: torch.Tensor) -> "PaDiM":
-        """Per-position mean and inverse regularised covariance from features [N, d, h, w]."""
+    def positions_per_block(self, count: int) -> int:
+        """Grid positions whose moments are computed together: their features of all `count` images (float64,
+        and the centred copy) and their float64 d x d covariances stay within about 256 MB (or `chunk_size`
+        positions), so the fit's working memory does not grow with the training set."""
+        if self.chunk_size is not None:
+            return max(1, int(self.chunk_size))
+        per_position = 2 * 8 * self.n_features * (count + self.n_features)
+        return max(1, (256 * 2**20) // per_position)
+
+    def fit_features(self, features: Embeddings | torch.Tensor) -> "PaDiM":
+        """Per-position mean and inverse regularised covariance from features [N, d, h, w] (an `Embeddings`,
+        read block by block of grid positions: all images' block, then the next block)."""
+        features = as_embeddings(features)
         count, channels, height, width = features.shape
         if channels != self.n_features:
             raise ValueError(f"expected {self.n_features} channels, got {channels}")
         if count < 2:
             raise ValueError("PaDiM needs at least 2 training images for an unbiased covariance.")
-        vectors = features.detach().reshape(count, channels, height * width)
-        identity = torch.eye(channels, dtype=torch.float64, device=features.device)
-        means, inverses = [], []
-        step = self.positions_per_chunk()
-        for start in range(0, height * width, step):
-            chunk = vectors[:, :, start : start + step].double()  # [N, d, P]
-            mean = chunk.mean(dim=0)
-            centred = (chunk - mean).permute(2, 0, 1)  # [P, N, d]
+        identity = torch.eye(channels, dtype=torch.float64)
+        self.mean = self.cov_inv = None  # free the previous fit first
+        mean = torch.empty(channels, height, width)
+        cov_inv = torch.empty(height, width, channels, channels)
+        blocks = grid_blocks(height, width, self.positions_per_block(count))
+        for rows, cols in progress_bar(blocks, desc="padim: Gaussians", enabled=self.progress, leave=False):
+            block = torch.empty(count, channels, rows.stop - rows.start, cols.stop - cols.start, dtype=torch.float64)
+            filled = 0
+            for chunk in features.chunks(rows=rows, cols=cols):
+                block[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+            vectors = block.flatten(2)  # [N, d, P]
+            block_mean = vectors.mean(dim=0)
+            centred = (vectors - block_mean).permute(2, 0, 1)  # [P, N, d]
+            del block, vectors
             covariance = centred.transpose(1, 2) @ centred / (count - 1) + self.epsilon * identity  # [P, d, d]
-            means.append(mean.float())
-            inverses.append(torch.linalg.inv(covariance).float())
-        self.mean = torch.cat(means, dim=1).view(channels, height, width).contiguous()
-        self.cov_inv = torch.cat(inverses).contiguous()
+            shape = (rows.stop - rows.start, cols.stop - cols.start)
+            mean[:, rows, cols] = block_mean.float().view(channels, *shape)
+            cov_inv[rows, cols] = torch.linalg.inv(covariance).float().view(*shape, channels, channels)
+        self.mean = mean
+        self.cov_inv = cov_inv.view(height * width, channels, channels)
         return self
 
     # --- scoring --------------------------------------------------------------------------------

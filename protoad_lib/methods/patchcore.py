@@ -6,14 +6,16 @@ exact nearest-neighbour search with faiss; patch score = distance to the nearest
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import faiss
 import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone
+from ..embeddings import Embeddings, as_embeddings
 from .base import AnomalyDetector
+from .components import patch_rows
 from .coreset import GreedyCoresetSampler
 
 DISTANCES = ("l2", "squared_l2")
@@ -71,6 +73,20 @@ def patchcore_embedding(
     stacked = torch.cat(per_layer, dim=1).flatten(2).unsqueeze(1)
     aggregated = F.adaptive_avg_pool2d(stacked, (target_embed_dimension, height * width))
     return aggregated.view(maps[0].shape[0], target_embed_dimension, height, width)
+
+
+def gather_rows(chunks: Iterable[torch.Tensor], indices: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows [len(indices), dim] of the row-wise concatenation of `chunks`, in the order of `indices`, without
+    holding more than one chunk besides the result."""
+    order = torch.argsort(indices)
+    wanted = indices[order]
+    gathered = torch.empty(len(indices), dim)
+    offset = 0
+    for chunk in chunks:
+        first, last = torch.searchsorted(wanted, torch.tensor([offset, offset + len(chunk)]))
+        gathered[order[first:last]] = chunk[wanted[first:last] - offset]
+        offset += len(chunk)
+    return gathered
 
 
 class PatchCore(AnomalyDetector):
@@ -155,12 +171,16 @@ class PatchCore(AnomalyDetector):
             n_starting_points=self.n_starting_points, device=self.coreset_device, progress=self.progress,
         )
 
-    def fit_features(self, features: torch.Tensor) -> "PatchCore":
-        """Memory bank = greedy coreset of all training patch vectors (features [N, C, h, w])."""
-        patches = features.detach().permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
-        if self.coreset_fraction < 1:
-            patches = patches[self.sampler().select(patches).to(patches.device)]
-        self.set_memory_bank(patches)
+    def fit_features(self, features: Embeddings | torch.Tensor) -> "PatchCore":
+        """Memory bank = greedy coreset of all training patch vectors (features [N, C, h, w], an `Embeddings`
+        read twice, a few images at a time: once to project every patch for the coreset, once to gather the
+        chosen ones). Held besides the bank: the [N * h * w, projection_dim] float32 projection."""
+        features = as_embeddings(features)
+        if self.coreset_fraction == 1:
+            self.set_memory_bank(torch.cat([patch_rows(chunk) for chunk in features.chunks()]))
+            return self
+        chosen = self.sampler().select_from_chunks(patch_rows(chunk) for chunk in features.chunks())
+        self.set_memory_bank(gather_rows(map(patch_rows, features.chunks()), chosen.cpu(), features.shape[1]))
         return self
 
     def set_memory_bank(self, bank: torch.Tensor) -> None:

@@ -18,11 +18,16 @@ CHUNK = 4096
 
 def unseen_indices(n_vectors: int, used: np.ndarray, seed: int, count: int = HELD_OUT_VECTORS) -> np.ndarray:
     """Up to `count` sorted indices in [0, n_vectors) that are not in `used` (the vectors the clustering saw),
-    drawn seeded (`seed + 1`) when there are more; empty when it saw them all."""
-    unused = np.setdiff1d(np.arange(n_vectors), used, assume_unique=True)
-    if len(unused) > count:
-        unused = np.sort(np.random.default_rng(seed + 1).choice(unused, size=count, replace=False))
-    return unused
+    drawn seeded (`seed + 1`) when there are more; empty when it saw them all.
+
+    The draw picks positions in the ascending list of unused indices, which is never built: position p is
+    index p + (how many used indices lie at or below it), so memory is `used` and the draw, whatever n_vectors."""
+    used = np.unique(np.asarray(used, dtype=np.int64))
+    n_unused = n_vectors - len(used)
+    positions = np.arange(n_unused)
+    if n_unused > count:
+        positions = np.sort(np.random.default_rng(seed + 1).choice(n_unused, size=count, replace=False))
+    return positions + np.searchsorted(used - np.arange(len(used)), positions, side="right")
 
 
 def mean_distance(vectors: np.ndarray, prototypes: np.ndarray) -> float:

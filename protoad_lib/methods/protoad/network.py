@@ -13,8 +13,9 @@ from torch import nn
 from ...backbones import Backbone
 from ..components import nearest_cosine
 from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, ProtoADConfig
-from .prototypes import PrototypeSet, build_prototypes
+from .prototypes import PrototypeSet, build_prototypes, unit_patch_rows
 from ..base import AnomalyDetector
+from ...embeddings import Embeddings, as_embeddings
 from ...features import combine_layers
 
 
@@ -192,14 +193,20 @@ class ProtoAD(AnomalyDetector):
     def features_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return embedding
 
-    def fit_features(self, features: torch.Tensor) -> "ProtoAD":
+    def method_view(self, embeddings: Embeddings | torch.Tensor) -> Embeddings:
+        """ProtoAD's features are the stride-4 embedding itself: read as it is, no mapping."""
+        return as_embeddings(embeddings)
+
+    def fit_features(self, features: Embeddings | torch.Tensor) -> "ProtoAD":
+        """Prototypes from the training features (`build_prototypes`: it reads the subsample and the held-out
+        vectors a few images at a time, never the whole split); the head is on the CPU (move the model)."""
         s = self.settings
         self.prototype_set = build_prototypes(
             features, method=s.method, k=s.k, level=s.level, max_prototypes=s.max_prototypes,
             max_vectors=s.max_vectors, subsampling=s.subsampling, knn_index=s.knn_index, seed=s.seed,
             progress=self.progress, level_margin=s.level_margin,
         )
-        self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes)).to(features.device)
+        self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes))
         return self
 
     def _fitted_head(self) -> PrototypeHead:
@@ -233,24 +240,23 @@ class ProtoAD(AnomalyDetector):
         return cls(backbone, sigma=sigma, config=ProtoADConfig(**options), prototypes=tensors["prototypes"])
 
 
-def nearest_prototype_distance(features: torch.Tensor, prototypes: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+def nearest_prototype_distance(features: Embeddings | torch.Tensor, prototypes: torch.Tensor,
+                               batch_size: int = 4) -> torch.Tensor:
     """Brute-force reference: 1 - max cosine similarity of every patch to every prototype, [B, h, w], in
     float64, `batch_size` images at a time (bounded memory on a paper-sized test set)."""
     units = F.normalize(prototypes.double(), dim=1)
     distances = []
-    for chunk in features.split(batch_size):
-        batch, channels, height, width = chunk.shape
-        patches = F.normalize(chunk.permute(0, 2, 3, 1).reshape(-1, channels).double(), dim=1)
-        distances.append(nearest_cosine(patches, units)[0].view(batch, height, width).float())
+    for chunk in as_embeddings(features).chunks(batch_size):
+        batch, _, height, width = chunk.shape
+        distances.append(nearest_cosine(unit_patch_rows(chunk.double()), units)[0].view(batch, height, width).float())
     return torch.cat(distances)
 
 
-def prototype_usage(features: torch.Tensor, prototypes: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+def prototype_usage(features: Embeddings | torch.Tensor, prototypes: torch.Tensor, batch_size: int = 8) -> np.ndarray:
     """How many patches of features [N, C, h, w] pick each prototype as their nearest one (length K),
     `batch_size` images at a time (a paper-sized category's whole patch matrix would not fit in memory)."""
     units = F.normalize(prototypes, dim=1)
     counts = np.zeros(prototypes.shape[0], dtype=np.int64)
-    for chunk in features.split(batch_size):
-        patches = F.normalize(chunk.permute(0, 2, 3, 1).reshape(-1, chunk.shape[1]), dim=1)
-        counts += np.bincount(nearest_cosine(patches, units)[1].numpy(), minlength=prototypes.shape[0])
+    for chunk in as_embeddings(features).chunks(batch_size):
+        counts += np.bincount(nearest_cosine(unit_patch_rows(chunk), units)[1].numpy(), minlength=prototypes.shape[0])
     return counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import faiss
 import numpy as np
@@ -11,9 +12,10 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from ...embeddings import Embeddings, as_embeddings
 from ...measure import stopwatch
 from ...progress import progress_bar
-from ..components import kmeans
+from ..components import kmeans, patch_rows
 from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, ProtoADConfig
 from .hierarchy import FinchHierarchy, cluster_prototypes, l2_normalise
 from .level_choice import HELD_OUT_VECTORS, choose_level, unseen_indices
@@ -22,30 +24,30 @@ SUBSAMPLING_STRATEGIES = ("none", "random", "stratified", "coreset")
 PROTOTYPE_METHODS = ("finch", "kmeans", "coreset", "random")
 
 
-def patch_vectors(features: torch.Tensor) -> np.ndarray:
-    """[N, C, h, w] feature maps -> [N*h*w, C] L2-normalised float32 patch vectors (image-major order)."""
-    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-    return F.normalize(flat.float(), dim=1).contiguous().numpy()
+def unit_patch_rows(features: torch.Tensor) -> torch.Tensor:
+    """Feature maps [B, C, h, w] -> L2-normalised patch vectors [B*h*w, C] (image-major order, same dtype)."""
+    return F.normalize(patch_rows(features), dim=1)
 
 
-def training_indices(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
+def training_indices(features: Embeddings | torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
                      subsampling: str = "stratified", seed: int = 0) -> np.ndarray:
-    """Sorted image-major indices of the patch vectors prototypes are built from (see `subsample_indices`)."""
-    n_images, channels, height, width = features.shape
+    """Sorted image-major indices of the patch vectors prototypes are built from (see `subsample_indices`): they
+    depend on the grid (N, h, w) alone, except `coreset`, which reads the features a few images at a time."""
+    features = as_embeddings(features)
+    n_images, _, height, width = features.shape
     n_vectors = n_images * height * width
-    everything = patch_vectors(features) if subsampling == "coreset" and n_vectors > max_vectors else None
-    return subsample_indices(n_vectors, n_images, max_vectors, subsampling, seed, everything)
+    chunks = (unit_patch_rows(chunk) for chunk in features.chunks()) if subsampling == "coreset" else None
+    return subsample_indices(n_vectors, n_images, max_vectors, subsampling, seed, chunks)
 
 
-def gather_vectors(features: torch.Tensor, indices: np.ndarray) -> np.ndarray:
-    """L2-normalised patch vectors [len(indices), C] gathered straight from [N, C, h, w] feature maps."""
-    height, width = features.shape[-2:]
-    index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-    gathered = features.flatten(2)[index // (height * width), :, index % (height * width)]
-    return F.normalize(gathered.float(), dim=1).contiguous().numpy()
+def gather_vectors(features: Embeddings | torch.Tensor, indices: np.ndarray) -> np.ndarray:
+    """L2-normalised patch vectors [len(indices), C] at image-major `indices`, read from the images that hold
+    them (`Embeddings.gather`), so memory beyond them is a few images."""
+    gathered = as_embeddings(features).gather(np.asarray(indices, dtype=np.int64))
+    return F.normalize(gathered, dim=1).contiguous().numpy()
 
 
-def training_vectors(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
+def training_vectors(features: Embeddings | torch.Tensor, max_vectors: int = DEFAULT_MAX_VECTORS,
                      subsampling: str = "stratified", seed: int = 0) -> np.ndarray:
     """The L2-normalised patch vectors prototypes are built from: a subsample of [N, C, h, w] features,
     gathered from the maps, so memory beyond the features is only what is kept."""
@@ -54,7 +56,7 @@ def training_vectors(features: torch.Tensor, max_vectors: int = DEFAULT_MAX_VECT
 
 def subsample_indices(
     n_vectors: int, n_images: int, max_vectors: int, strategy: str = "stratified", seed: int = 0,
-    vectors: np.ndarray | None = None,
+    chunks: Iterable[torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Indices of at most `max_vectors` patch vectors, sorted.
 
@@ -62,7 +64,9 @@ def subsample_indices(
     - `random`: a uniform random subset.
     - `stratified`: the same number of random patches from every image (the default: each
       training image contributes equally, so rare-but-normal appearance of a few images survives).
-    - `coreset`: PatchCore's approximate greedy k-center selection (needs `vectors`).
+    - `coreset`: PatchCore's approximate greedy k-center selection (needs `chunks`: the unit patch vectors
+      as [n_i, C] tensors in image-major order, projected as they come; it holds the [n_vectors, 128]
+      projection).
     """
     if strategy not in SUBSAMPLING_STRATEGIES:
         raise ValueError(f"Unknown subsampling {strategy!r}; choose one of {SUBSAMPLING_STRATEGIES}.")
@@ -76,12 +80,12 @@ def subsample_indices(
         take = max(1, max_vectors // n_images)
         picks = [i * per_image + rng.choice(per_image, size=take, replace=False) for i in range(n_images)]
         return np.sort(np.concatenate(picks))
-    if vectors is None:
+    if chunks is None:
         raise ValueError("Coreset subsampling needs the vectors themselves.")
     from ..coreset import GreedyCoresetSampler
 
     sampler = GreedyCoresetSampler(seed=seed)
-    return np.sort(sampler.select(torch.from_numpy(vectors), n_samples=max_vectors).numpy())
+    return np.sort(sampler.select_from_chunks(chunks, n_samples=max_vectors).numpy())
 
 
 def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int = 8192,
@@ -149,12 +153,13 @@ def finch_hierarchy(vectors: np.ndarray, index: str = "exact", progress: bool = 
     return FinchHierarchy(labels=np.stack(labels, axis=1), num_clusters=counts)
 
 
-def held_out_vectors(features: torch.Tensor, used: np.ndarray, seed: int, count: int = HELD_OUT_VECTORS) -> np.ndarray:
+def held_out_vectors(features: Embeddings | torch.Tensor, used: np.ndarray, seed: int,
+                     count: int = HELD_OUT_VECTORS) -> np.ndarray:
     """Up to `count` L2-normalised patch vectors of the training images [N, C, h, w] that the clustering did not
     see (`used`; seeded, `level_choice.unseen_indices`; empty when it saw them all)."""
-    n_images, channels, height, width = features.shape
-    unused = unseen_indices(n_images * height * width, used, seed, count)
-    return gather_vectors(features, unused) if len(unused) else np.empty((0, channels), np.float32)
+    features = as_embeddings(features)
+    n_images, _, height, width = features.shape
+    return gather_vectors(features, unseen_indices(n_images * height * width, used, seed, count))
 
 
 def kmeans_prototypes(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +196,7 @@ class PrototypeInputs:
         return choose_level(self.hierarchy, self.vectors, self.held_out, level, config.level_margin)
 
 
-def prototype_inputs(features: torch.Tensor, config: ProtoADConfig, hierarchy: FinchHierarchy | None = None,
+def prototype_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig, hierarchy: FinchHierarchy | None = None,
                      held_out: bool | None = None, progress: bool = True) -> PrototypeInputs:
     """ProtoAD's prototype recipe up to the clustering, for training features [N, C, h, w] and `config`: the
     subsample (`max_vectors`, `subsampling`, `seed`) gathered as unit vectors, FINCH's hierarchy of them
@@ -201,16 +206,19 @@ def prototype_inputs(features: torch.Tensor, config: ProtoADConfig, hierarchy: F
     is reused; None (default) runs FINCH when `config.method` is "finch".
     `held_out`: None (default) gathers them when `config` applies the level rule (FINCH, no fixed `level`, a
     `level_margin`); True / False always / never. `build_prototypes` runs exactly this, so an ablation that
-    calls it sees what the fit saw."""
+    calls it sees what the fit saw. The subsample and the held-out vectors are gathered in one pass over the
+    images that hold them."""
+    features = as_embeddings(features)
+    n_images, _, height, width = features.shape
     used = training_indices(features, config.max_vectors, config.subsampling, config.seed)
-    vectors = gather_vectors(features, used)
     finch = config.method == "finch"
-    if hierarchy is None and finch:
-        hierarchy = finch_hierarchy(vectors, index=config.knn_index, progress=progress)
     if held_out is None:
         held_out = finch and config.level is None and config.level_margin is not None
-    unseen = held_out_vectors(features, used, config.seed) if held_out else None
-    return PrototypeInputs(used, vectors, hierarchy, unseen)
+    unseen = unseen_indices(n_images * height * width, used, config.seed) if held_out else used[:0]
+    vectors, unseen_vectors = np.split(gather_vectors(features, np.concatenate([used, unseen])), [len(used)])
+    if hierarchy is None and finch:
+        hierarchy = finch_hierarchy(vectors, index=config.knn_index, progress=progress)
+    return PrototypeInputs(used, vectors, hierarchy, unseen_vectors if held_out else None)
 
 
 @dataclass
@@ -230,7 +238,7 @@ class PrototypeSet:
 
 
 def build_prototypes(
-    features: torch.Tensor,
+    features: Embeddings | torch.Tensor,
     method: str = "finch",
     k: int | None = None,
     level: int | None = None,
