@@ -11,6 +11,8 @@ PROFILE ?= demo
 # RESULTS_DIR moves every table, figure, executed notebook and HTML page; REDO=1 recomputes what an
 # interrupted run stored (by default a rerun resumes); SMOKE=1 uses the smallest settings (a code-path check);
 # PRN_EPOCHS=3 shortens PRN's training (the schedule's 30 epochs take hours per category on a CPU).
+# WORKERS=N spreads the categories over a Dask LocalCluster of N worker processes (one thread each, the machine's
+# memory shared equally); SCHEDULER=tcp://host:8786 (or a scheduler file) over an existing Dask cluster (README).
 CATEGORIES ?=
 BACKBONE ?=
 DEVICE ?=
@@ -19,10 +21,13 @@ RESULTS_DIR ?=
 REDO ?=
 SMOKE ?=
 PRN_EPOCHS ?=
+WORKERS ?=
+SCHEDULER ?=
 RUN_OPTIONS = $(if $(CATEGORIES),--param categories=$(CATEGORIES)) $(if $(BACKBONE),--param backbone=$(BACKBONE)) \
 	$(if $(DEVICE),--param device=$(DEVICE)) $(if $(DATA_ROOT),--param data_root=$(DATA_ROOT)) \
 	$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(REDO),--param redo=True) $(if $(SMOKE),--param smoke=True) \
-	$(if $(PRN_EPOCHS),--param prn_epochs=$(PRN_EPOCHS))
+	$(if $(PRN_EPOCHS),--param prn_epochs=$(PRN_EPOCHS)) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 .PHONY: reproduce test unit nbval notebooks bench bench-peers lab
 

@@ -13,15 +13,13 @@ from pathlib import Path
 
 from .atomic import write_text_atomically
 from .backbones import DEFAULT_BACKBONE
-from .cli_inputs import (CliError, check_test_split, collect_images, parse_parameters, report_skipped,
+from .cli_inputs import (EXIT_USAGE, CliError, check_test_split, collect_images, report_skipped,
                          training_data)
+from .cli_run import add_run_parser
 from .data.images import DEFAULT_MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from .data.transforms import PAPER_CROP, PAPER_RESIZE
 from .measure import peak_rss_mb, stopwatch
 from .methods import REGISTRY, bench_names, detector_classes, get_method, method_names
-from .profiles import PROFILES
-
-EXIT_USAGE = 2
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -171,53 +169,6 @@ def command_bench(args: argparse.Namespace) -> None:
         save_json(result, args.json)
 
 
-def command_run(args: argparse.Namespace) -> int:
-    """Run the notebook series (`run.run_notebooks`); `python -m protoad_lib.run` is this command."""
-    from .run import NOTEBOOKS_DIR, RESULTS_DIR, NotebookRunError, RunStopped, run_notebooks, stop_on_sigterm
-
-    parameters = parse_parameters(args.param)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # the kernel shuts down, as on Ctrl-C (main restores it)
-    try:
-        run_notebooks(args.profile, args.notebooks, args.notebooks_dir or NOTEBOOKS_DIR,
-                      args.results_dir or RESULTS_DIR, args.kernel, parameters, args.update_notebooks,
-                      stream=False if args.quiet else None)
-    except NotebookRunError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 1
-    except RunStopped as stopped:
-        print(stopped.message, file=sys.stderr, flush=True)
-        return stopped.code
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    return 0
-
-
-def _add_run_parser(commands: argparse._SubParsersAction) -> None:
-    run = commands.add_parser(
-        "run", help="run the numbered notebooks with papermill (also `python -m protoad_lib.run`)",
-        description="Run the numbered notebooks with papermill; executed copies go to results/<profile>/executed/.")
-    run.add_argument("--profile", choices=tuple(PROFILES), default="demo",
-                     help="run profile injected as the `profile` parameter (default: demo)")
-    run.add_argument("--notebooks", default=None,
-                     help="comma-separated numbers or names, e.g. 01,03 (default: all 0*.ipynb)")
-    run.add_argument("--update-notebooks", action="store_true",
-                     help="demo only: copy the executed notebooks (papermill traces removed) back over notebooks/ "
-                          "so they carry their demo outputs")
-    run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
-    run.add_argument("--quiet", action="store_true",
-                     help="do not stream the notebooks' output (streamed by default except for the demo)")
-    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="extra notebook parameter, e.g. --param device=cuda or --param \"categories=['bottle']\" "
-                          "(repeatable)")
-    run.add_argument("--notebooks-dir", type=Path, default=None,
-                     help="folder with the notebooks (default: the repository's notebooks/)")
-    run.add_argument("--results-dir", type=Path, default=None,
-                     help="results root: every table and figure goes to <results-dir>/<profile>/, executed copies "
-                          "to <results-dir>/<profile>/executed (default: the repository's results/)")
-    run.set_defaults(handler=command_run)
-
-
 def command_cache(args: argparse.Namespace) -> None:
     from .caches import cache_folders, describe
 
@@ -364,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a run's results folder (repeatable; default every <repo>/results/* and $PROTOAD_RESULTS_DIR)")
     cache.add_argument("--files", action="store_true", help="list: one line per file")
     cache.set_defaults(handler=command_cache)
-    _add_run_parser(commands)
+    add_run_parser(commands)
     return parser
 
 

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+#: Exit status of a command refused for its input (argparse's own).
+EXIT_USAGE = 2
+
 
 class CliError(Exception):
     """A user-facing problem: printed as one clear message, exit status 2."""

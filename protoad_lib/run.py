@@ -188,12 +188,14 @@ def run_notebook(
     update_source: bool = False,
     start_timeout: int = 120,
     stream: bool = False,
+    executed_name: str | None = None,
 ) -> NotebookResult:
     """Execute one notebook with papermill; raises :class:`NotebookRunError` when it fails.
 
     The executed copy (also of a failed run, with papermill's error markers) is written to
-    ``results_dir/<profile>/executed/<name>.ipynb`` through a temporary file and a rename. ``stream``:
-    print the notebook's outputs to the terminal as they come (papermill's ``log_output``).
+    ``results_dir/<profile>/executed/<name>.ipynb`` (or ``<executed_name>.ipynb`` there) through a temporary file
+    and a rename. ``stream``: print the notebook's outputs to the terminal as they come (papermill's
+    ``log_output``).
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -201,7 +203,7 @@ def run_notebook(
     notebook = Path(notebook).resolve()
     name = notebook.stem
     executed_dir = Path(results_dir) / profile / "executed"
-    final = executed_dir / f"{name}.ipynb"
+    final = executed_dir / f"{executed_name or name}.ipynb"
     params = {"profile": profile, "results_dir": str(Path(results_dir).resolve() / profile), **(parameters or {})}
     watch = Stopwatch()
     failure: PapermillExecutionError | None = None

@@ -16,7 +16,7 @@ FLOORS = [
     {"profiles", "session", "caches"},
     {"experiments"},
     {"report"},
-    {"cli", "cli_inputs", "run", "kernels", "html_pages", "predict"},
+    {"cli", "cli_inputs", "cli_run", "run", "spread", "kernels", "html_pages", "predict"},
 ]
 
 

@@ -1,6 +1,9 @@
 """ProtoAD prototypes (methods/protoad/prototypes.py): FINCH hierarchy equals finch-clust's own, subsampling and
 alternatives behave, and the recipe reads stored embeddings to the same numbers as a tensor."""
 
+import os
+
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,8 @@ from finch.finch import FINCH
 
 from protoad_lib.embeddings import StoredEmbeddings, TensorEmbeddings, write_embeddings
 from protoad_lib.methods.protoad.prototypes import (
-    build_prototypes, cluster_prototypes, finch_hierarchy, first_neighbours, l2_normalise, subsample_indices,
+    build_prototypes, cluster_prototypes, finch_hierarchy, first_neighbours, l2_normalise, rerank_exactly,
+    subsample_indices,
 )
 
 
@@ -232,3 +236,29 @@ def test_level_choice_and_the_recipe_import_one_way():
     tree = ast.parse(Path(level_choice.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "prototypes" not in imported and "network" not in imported
+
+
+def test_first_neighbours_break_exact_ties_by_the_lowest_index():
+    base = l2_normalise(np.random.default_rng(0).normal(size=(6, 16)).astype(np.float32))
+    vectors = np.concatenate([base, base[[2]], base[[2]]])  # 6 and 7 repeat 2: the three tie exactly
+    neighbours = first_neighbours(vectors, progress=False)
+    assert neighbours[2] == 6 and neighbours[6] == 2 and neighbours[7] == 2
+
+
+def test_finch_gives_the_same_hierarchy_with_one_thread_as_with_two():
+    vectors = l2_normalise(np.random.default_rng(3).normal(size=(3000, 64)).astype(np.float32))
+    vectors[1::7] = vectors[::7][: len(vectors[1::7])] + 1e-7  # near-ties that float32 sums may order either way
+    vectors = l2_normalise(vectors)
+    hierarchies = []
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        hierarchies.append(finch_hierarchy(vectors, progress=False))
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    assert hierarchies[0].num_clusters == hierarchies[1].num_clusters
+    np.testing.assert_array_equal(hierarchies[0].labels, hierarchies[1].labels)
+
+
+def test_reranking_picks_the_float64_best_candidate_other_than_the_row():
+    vectors = np.array([[1, 0], [0.6, 0.8], [0.8, 0.6], [0, 1]], dtype=np.float32)
+    found = np.array([[0, 1, 2], [1, 3, 2], [2, -1, -1], [3, -1, -1]])  # rows 2 and 3: no other candidate
+    assert rerank_exactly(vectors, np.arange(4), found).tolist() == [2, 2, 2, 3]

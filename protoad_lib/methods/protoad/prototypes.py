@@ -22,6 +22,8 @@ from .level_choice import HELD_OUT_VECTORS, choose_level, unseen_indices
 
 SUBSAMPLING_STRATEGIES = ("none", "random", "stratified", "coreset")
 PROTOTYPE_METHODS = ("finch", "kmeans", "coreset", "random")
+#: faiss candidates re-ranked exactly for each FINCH first neighbour (`first_neighbours`).
+NEIGHBOUR_CANDIDATES = 8
 
 
 def unit_patch_rows(features: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,10 @@ def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int 
     """Index of each unit vector's most cosine-similar other vector (FINCH's first integer neighbour).
 
     `exact` is a batched exact inner-product search (faiss IndexFlatIP); `hnsw` an approximate
-    graph index for very large inputs.
+    graph index for very large inputs. Either proposes each vector's `NEIGHBOUR_CANDIDATES` best in float32,
+    whose sums depend on BLAS's blocking and so on the number of threads; they are re-ranked by their cosine in
+    float64, summed one way whatever the threads, ties going to the lowest index, so the neighbours (and FINCH's
+    K) are the same on a one-thread worker as in a many-thread process [ours].
     """
     n, dim = vectors.shape
     if index == "exact":
@@ -104,15 +109,31 @@ def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int 
     else:
         raise ValueError(f"Unknown 1-NN index {index!r}; choose 'exact' or 'hnsw'.")
     search_index.add(vectors)
+    candidates = min(NEIGHBOUR_CANDIDATES + 1, n)
     neighbours = np.empty(n, dtype=np.int64)
     for start in progress_bar(range(0, n, batch_size), desc="FINCH 1-NN", enabled=progress, leave=False):
         stop = min(start + batch_size, n)
-        _, found = search_index.search(vectors[start:stop], 2)
-        own = np.arange(start, stop)
-        neighbours[start:stop] = np.where(found[:, 0] == own, found[:, 1], found[:, 0])
-    missing = neighbours < 0
-    neighbours[missing] = np.flatnonzero(missing)
+        _, found = search_index.search(vectors[start:stop], candidates)
+        neighbours[start:stop] = rerank_exactly(vectors, np.arange(start, stop), found)
     return neighbours
+
+
+def rerank_exactly(vectors: np.ndarray, rows: np.ndarray, found: np.ndarray, block: int = 512) -> np.ndarray:
+    """For each row, the candidate in `found` (indices, -1 for none) other than itself with the largest float64
+    inner product, the lowest index among equals; a row with no other candidate is its own neighbour."""
+    order = np.argsort(found, axis=1, kind="stable")  # index order: argmax below keeps the lowest of equals
+    found = np.take_along_axis(found, order, axis=1)
+    chosen = np.empty(len(rows), dtype=np.int64)
+    for first in range(0, len(rows), block):
+        part, candidates = rows[first : first + block], found[first : first + block]
+        valid = (candidates >= 0) & (candidates != part[:, None])
+        exact = np.einsum("bd,bkd->bk", vectors[part].astype(np.float64),
+                          vectors[np.where(valid, candidates, 0)].astype(np.float64))
+        exact[~valid] = -np.inf
+        best = exact.argmax(axis=1)
+        picked = candidates[np.arange(len(part)), best]
+        chosen[first : first + block] = np.where(valid.any(axis=1), picked, part)
+    return chosen
 
 
 def _finch_steps():
