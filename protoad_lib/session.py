@@ -174,7 +174,9 @@ class RunSetup:
         return "\n".join(lines)
 
 
-def _selected_categories(profile: Profile, categories: str | Sequence[str] | None) -> tuple[tuple[DatasetSpec, str], ...]:
+def selected_categories(profile: Profile, categories: str | Sequence[str] | None) -> tuple[tuple[DatasetSpec, str], ...]:
+    """The (dataset, category) pairs a run's `categories` parameter names (a list or comma-separated; None: all of
+    the profile's), each checked; unknown names raise `ValueError`."""
     known = {c: s for s in profile.datasets for c in s.categories}
     if categories is None:
         wanted = list(known)
@@ -220,7 +222,7 @@ def setup(*, profile: str = "demo", categories: str | Sequence[str] | None = Non
             raise ValueError(f"prn_epochs must be a positive number of epochs, got {prn_epochs!r}")
         chosen = replace(chosen, prn_epochs=int(prn_epochs))
     quiet = chosen.quiet if quiet is None else quiet
-    selected = _selected_categories(chosen, categories)
+    selected = selected_categories(chosen, categories)
     given_roots: dict[str, Path] = {}
     if data_root is not None:
         root = Path(data_root).expanduser().resolve()

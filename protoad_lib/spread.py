@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from .profiles import REPO_ROOT, get_profile
 from .progress import progress_bar
+from .session import selected_categories
 from .run import NOTEBOOKS_DIR, RESULTS_DIR, discover_notebooks, run_notebook, run_notebooks, select_notebooks
 
 #: Notebooks run per category on the workers, and the notebook each waits for (same category).
@@ -36,11 +37,15 @@ class SharedStorageError(RuntimeError):
 
 @dataclass
 class SpreadReport:
-    """What the fan-out did: seconds per finished unit, the error of each failed one, the categories left out."""
+    """What the fan-out did: seconds per finished unit ("notebook/category"), the error of each failed one."""
 
     finished: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
-    failed_categories: list[str] = field(default_factory=list)
+
+    @property
+    def failed_categories(self) -> list[str]:
+        """The categories of the failed units, in the order they failed: left out of the fan-in."""
+        return list(dict.fromkeys(unit.split("/", 1)[1] for unit in self.failed))
 
 
 def connect(workers: int | None = None, scheduler: str | None = None):
@@ -94,11 +99,8 @@ def run_unit(notebook: str, category: str, profile: str, notebooks_dir: str, res
 
 
 def run_categories(profile: str, parameters: dict[str, Any]) -> list[str]:
-    """The run's categories: the `categories` parameter (a list or comma-separated), else all of the profile's."""
-    chosen = parameters.get("categories")
-    if chosen is None:
-        return [category for spec in get_profile(profile).datasets for category in spec.categories]
-    return [c.strip() for c in chosen.split(",")] if isinstance(chosen, str) else [str(c) for c in chosen]
+    """The run's categories, as a serial run reads its `categories` parameter (`session.selected_categories`)."""
+    return [category for _, category in selected_categories(get_profile(profile), parameters.get("categories"))]
 
 
 def fan_out(client, profile: str, notebooks: Sequence[str], categories: Sequence[str], notebooks_dir: Path,
@@ -123,8 +125,6 @@ def fan_out(client, profile: str, notebooks: Sequence[str], categories: Sequence
                 report.finished[name] = future.result()
             else:
                 report.failed[name] = f"{type(future.exception()).__name__}: {future.exception()}"
-                if category not in report.failed_categories:
-                    report.failed_categories.append(category)
             bar.update()
             bar.set_postfix(running=sum(not f.done() for f in futures.values()), failed=len(report.failed))
     return report
@@ -149,8 +149,7 @@ def run_spread(client, profile: str, notebooks: str | Sequence[str] | None = Non
         run_notebooks(profile, first, notebooks_dir, results_dir, kernel, parameters, log=write, stream=stream)
     categories = run_categories(profile, parameters)
     prefixes = [name[:2] for name in selected]
-    report = fan_out(client, profile, prefixes, categories, Path(notebooks_dir), Path(results_dir), kernel, parameters,
-                     progress=True)
+    report = fan_out(client, profile, prefixes, categories, Path(notebooks_dir), Path(results_dir), kernel, parameters)
     write(f"fan-out: {len(report.finished)} unit(s) finished on {len(client.scheduler_info()['workers'])} worker(s)"
           + (f", {len(report.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items())
              if report.failed else ""))
