@@ -2,8 +2,9 @@
 
 Usage: python benchmarks/head_speed.py [--n-train 200] [--repeats 30] [--json OUT]
 
-ProtoAD is fitted on N synthetic `weave` training images (`bench_images.load_images`, 224 px) twice: with the
-default FINCH level rule (held-out margin 0.5) and with the prototype budget alone (`level_margin=None`).
+ProtoAD is fitted on N synthetic `weave` training images (`bench_images.load_images`, 224 px) with each FINCH level
+rule: the default (`bound`, ratio 2.0), the held-out margin rule of before (`margin`, 0.5) and the prototype budget
+alone (`budget`).
 The backbone alone and both models are then timed round-robin (`measure.time_interleaved`, warm-up
 discarded) on the same random batch; ratio = backbone p50 / ProtoAD p50 (1.0: the head is free).
 """
@@ -35,8 +36,8 @@ def main() -> None:
     probe = ProtoAD(backbone)
     features = probe.method_features([{"image": images[i : i + 8]} for i in range(0, len(images), 8)], progress=False)
     models = {}
-    for name, margin in (("default rule", 0.5), ("budget only", None)):
-        model = ProtoAD(backbone, config=ProtoADConfig(level_margin=margin))
+    for name, rule in (("default (bound)", "bound"), ("margin (before)", "margin"), ("budget only", "budget")):
+        model = ProtoAD(backbone, config=ProtoADConfig(level_rule=rule))
         model.progress = False
         models[name] = model.fit_features(features).eval()
     del features
@@ -50,7 +51,7 @@ def main() -> None:
         for name, model in models.items():
             rows.append({"batch_size": batch_size, "rule": name, "K": model.k, "backbone_ms": base * 1000,
                          "protoad_ms": p50(times[name]) * 1000, "ratio": base / p50(times[name])})
-            print(f"batch {batch_size}  {name:<13} K {model.k:>4}  backbone {base * 1000:6.1f} ms  "
+            print(f"batch {batch_size}  {name:<15} K {model.k:>4}  backbone {base * 1000:6.1f} ms  "
                   f"ProtoAD {p50(times[name]) * 1000:6.1f} ms  ProtoAD / backbone speed {rows[-1]['ratio']:.2f}")
     if args.json:
         write_text_atomically(args.json, json.dumps({"env": environment("cpu", None) | info, "results": rows},

@@ -127,12 +127,13 @@ def test_the_held_out_distance_reads_the_normal_test_images_only(backbone, data,
     assert table["held_out_distance"].iloc[0] == pytest.approx(float(expected), abs=1e-12)
 
 
-def test_the_level_rule_reuses_the_reference_hierarchy_and_its_margin_reproduces_the_reference(backbone, data,
-                                                                                                  config, fits):
+def test_the_level_rule_reuses_the_reference_hierarchy_and_its_default_reproduces_the_reference(backbone, data,
+                                                                                                   config, fits):
     from protoad_lib.experiments.level_rule import level_rule_ablation
 
     reference = fits["weave"]
-    table = level_rule_ablation(backbone, [data], fits, margins=(None, config.level_margin), repeats=1)
+    rules = {"budget only": {"level_rule": "budget"}, "default": {"level_rule": config.level_rule}}
+    table = level_rule_ablation(backbone, [data], fits, rules=rules, repeats=1)
     assert_metrics(table, 2)
     hierarchy = reference.prototype_set.hierarchy
     assert table["level"].iloc[0] == hierarchy.default_level(config.max_prototypes)

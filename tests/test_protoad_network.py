@@ -127,7 +127,7 @@ class FewImagesAtATime(TensorEmbeddings):
         raise AssertionError("the whole split was materialised")
 
 
-@pytest.mark.parametrize("config", [ProtoADConfig(max_vectors=300), ProtoADConfig(max_vectors=300, level_margin=None),
+@pytest.mark.parametrize("config", [ProtoADConfig(max_vectors=300), ProtoADConfig(max_vectors=300, level_rule="budget"),
                                     ProtoADConfig(max_vectors=300, subsampling="coreset"),
                                     ProtoADConfig(max_vectors=300, method="kmeans", k=6)])
 def test_protoad_fits_from_embeddings_read_a_few_images_at_a_time(config, tmp_path):

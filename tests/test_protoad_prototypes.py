@@ -140,7 +140,8 @@ def test_unseen_indices_are_the_seeded_draw_from_the_set_difference():
         assert np.array_equal(unseen_indices(n_vectors, used, 3, count), unused)
 
 
-def test_level_choice_takes_the_coarsest_level_within_the_margin_of_held_out_distance():
+def test_level_choice_takes_the_coarsest_level_within_each_rule_of_held_out_distance():
+    from protoad_lib.methods.protoad import ProtoADConfig
     from protoad_lib.methods.protoad.level_choice import choose_level, mean_distance
     from protoad_lib.methods.protoad.prototypes import (
         build_prototypes, cluster_prototypes, finch_hierarchy, held_out_vectors, training_indices, training_vectors,
@@ -157,14 +158,31 @@ def test_level_choice_takes_the_coarsest_level_within_the_margin_of_held_out_dis
     hierarchy = finch_hierarchy(vectors, progress=False)
     distances = [mean_distance(held_out, cluster_prototypes(vectors, hierarchy.level_labels(level)))
                  for level in range(len(hierarchy.num_clusters))]
+    bound = float((1 - (held_out @ vectors.T).max(axis=1).astype(np.float64)).mean())
+    assert bound <= min(distances)  # every clustered vector a prototype: no level comes closer
+
+    def coarsest_within(limit):
+        within = [lv for lv, d in enumerate(distances) if d <= limit]
+        return max((lv for lv in within if all(l2 in within for l2 in range(lv + 1))), default=0)
+
     for margin in (0.0, 0.05, 0.3, 10.0):
-        level, seen = choose_level(hierarchy, vectors, held_out, 0, margin)
-        within = [lv for lv, d in enumerate(distances) if d <= distances[0] * (1 + margin)]
-        assert level == max(lv for lv in within if all(l2 in within for l2 in range(lv + 1)))
-        assert seen[level] == pytest.approx(distances[level])
-    chosen = build_prototypes(features, max_vectors=150, level_margin=10.0, progress=False)
-    assert chosen.level == len(hierarchy.num_clusters) - 1 and chosen.info["held_out_distance"]
-    assert choose_level(hierarchy, vectors, held_out[:0], 1, 0.5) == (1, {})
+        chosen = choose_level(hierarchy, vectors, held_out, 0, ProtoADConfig(level_rule="margin", level_margin=margin))
+        assert chosen.level == coarsest_within(distances[0] * (1 + margin)) and chosen.bound is None
+        assert chosen.distances[chosen.level] == pytest.approx(distances[chosen.level])
+    levels = set()
+    for ratio in (1.0, 1.2, 1.5, 2.0, 50.0):
+        chosen = choose_level(hierarchy, vectors, held_out, 0, ProtoADConfig(level_rule="bound", bound_ratio=ratio))
+        assert chosen.bound == pytest.approx(bound) and chosen.limit == pytest.approx(ratio * bound)
+        assert chosen.level == coarsest_within(ratio * bound)
+        levels.add(chosen.level)
+    assert len(levels) >= 2  # the ratios above move the level
+    assert choose_level(hierarchy, vectors, held_out, 1, ProtoADConfig(level_rule="budget")).level == 1
+    fitted = build_prototypes(features, max_vectors=150, level_rule="bound", bound_ratio=50.0, progress=False)
+    assert fitted.level == len(hierarchy.num_clusters) - 1
+    assert fitted.info["every_vector_distance"] == pytest.approx(bound) and fitted.info["held_out_distance"]
+    assert choose_level(hierarchy, vectors, held_out[:0], 1, ProtoADConfig()).level == 1
+    with pytest.raises(ValueError, match="level rule"):
+        ProtoADConfig(level_rule="fastest")
 
 
 def test_prototype_inputs_are_what_the_fit_clustered_and_the_level_rule_measured():
@@ -189,14 +207,18 @@ def test_prototype_inputs_are_what_the_fit_clustered_and_the_level_rule_measured
     assert np.array_equal(inputs.hierarchy.labels, hierarchy.labels)
     assert inputs.hierarchy.num_clusters == hierarchy.num_clusters
     finest = hierarchy.default_level(config.max_prototypes)
-    for margin in (None, 0.0, 0.5, 10.0):
-        expected = finest if margin is None else choose_level(hierarchy, vectors, inputs.held_out, finest, margin)[0]
-        assert inputs.level_for(replace(config, level_margin=margin))[0] == expected
-    assert inputs.level_for(replace(config, level=0)) == (0, None)
-    fitted = build_prototypes(features, max_vectors=200, seed=3, level_margin=0.5, progress=False)
-    level, distances = inputs.level_for(config)
-    assert fitted.level == level and fitted.info["held_out_distance"] == distances
-    assert np.array_equal(fitted.prototypes, cluster_prototypes(vectors, hierarchy.level_labels(level)))
+    for rule in ({"level_rule": "budget"}, {"level_rule": "margin", "level_margin": 0.0},
+                 {"level_rule": "margin", "level_margin": 10.0}, {"level_rule": "bound", "bound_ratio": 1.5},
+                 {"level_rule": "bound", "bound_ratio": 3.0}):
+        ruled = replace(config, **rule)
+        expected = choose_level(hierarchy, vectors, inputs.held_out, finest, ruled).level
+        assert inputs.level_for(ruled).level == expected
+    assert inputs.level_for(replace(config, level=0)).level == 0
+    fitted = build_prototypes(features, max_vectors=200, seed=3, level_rule="bound", progress=False)
+    choice = inputs.level_for(config)
+    assert fitted.level == choice.level and fitted.info["held_out_distance"] == choice.distances
+    assert fitted.info["every_vector_distance"] == choice.bound
+    assert np.array_equal(fitted.prototypes, cluster_prototypes(vectors, hierarchy.level_labels(choice.level)))
     reused = prototype_inputs(features, config, fitted.hierarchy, held_out=False)
     assert reused.hierarchy is fitted.hierarchy and reused.held_out is None
     assert prototype_inputs(features, replace(config, method="kmeans", k=4)).hierarchy is None

@@ -12,6 +12,7 @@ from protoad_lib.data import example_indices
 from protoad_lib.embeddings import as_embeddings
 from protoad_lib.experiments import data_study, evaluation_study, network_study, prototype_study
 from protoad_lib.experiments.ablation_plan import ablation_plan
+from protoad_lib.experiments.ablations import fit_baselines
 from protoad_lib.experiments.comparison import EXAMPLE_DEFECTS, Evaluation, MethodResult
 from protoad_lib.methods.protoad import ProtoAD
 from protoad_lib.report import data_views, evaluation_views, model_views
@@ -140,7 +141,8 @@ def test_clustering_study_runs_the_recipe_once_per_category(run):
     config = ablation_plan(run.profile, run.device).config(seed=run.seed)
     for (category, found), (_, vectors, hierarchy, level) in zip(study.finch.items(), study.panels):
         assert found.n_vectors == len(vectors) <= config.max_vectors and hierarchy is found.hierarchy
-        assert level == found.level == found.hierarchy.default_level(config.max_prototypes)
+        fitted = fit_baselines(run.backbone, [run.load(*run.categories[list(study.finch).index(category)])], config)
+        assert level == found.level == next(iter(fitted.values())).prototype_set.level  # the fit's own level
         n, _, h, w = run.load(*run.categories[list(study.finch).index(category)]).train_embeddings.shape
         assert study.usage[category].sum() == n * h * w  # every training patch, not only the clustered ones
         assert len(study.usage[category]) == found.hierarchy.num_clusters[found.level]

@@ -17,7 +17,15 @@ from ..methods.protoad.prototypes import cluster_prototypes, prototype_inputs
 from ..measure import p50, time_callable
 from ..metrics import HEADLINE_METRICS
 
-MARGINS: tuple[float | None, ...] = (None, 0.25, 0.5, 1.0)
+#: The rules compared (`ProtoADConfig` fields): the budget alone, the held-out margin rule (the default before)
+#: and the bound rule at a few ratios (2.0: the default).
+RULES: dict[str, dict] = {
+    "budget only": {"level_rule": "budget"},
+    "margin 0.5 (before)": {"level_rule": "margin", "level_margin": 0.5},
+    "bound 1.5": {"level_rule": "bound", "bound_ratio": 1.5},
+    "bound 2.0 (default)": {"level_rule": "bound", "bound_ratio": 2.0},
+    "bound 3.0": {"level_rule": "bound", "bound_ratio": 3.0},
+}
 
 
 def head_ms(detector: ProtoAD, data: CategoryData, repeats: int = 20) -> float:
@@ -30,22 +38,23 @@ def head_ms(detector: ProtoAD, data: CategoryData, repeats: int = 20) -> float:
 
 
 def level_rule_ablation(backbone: Backbone, categories: Sequence[CategoryData], fits: Mapping[str, ProtoAD],
-                        margins: Sequence[float | None] = MARGINS, repeats: int = 20) -> pd.DataFrame:
-    """The FINCH level by the prototype budget alone (margin None) and by each held-out `level_margin`,
-    on each category's reference FINCH hierarchy (no new clustering). Columns: setting, level, margin,
-    head_ms (machine-dependent), K, metrics."""
+                        rules: Mapping[str, dict] = RULES, repeats: int = 20) -> pd.DataFrame:
+    """The FINCH level each rule in `rules` (name -> `ProtoADConfig` fields) chooses on each category's reference
+    FINCH hierarchy (no new clustering), and its accuracy. Columns: setting, level, K, head_ms
+    (machine-dependent), metrics."""
     rows = []
     for data in categories:
         fitted = fits[data.name]
         settings: ProtoADConfig = fitted.settings
         inputs = prototype_inputs(data.train_embeddings, settings, fitted.prototype_set.hierarchy, held_out=True)
-        for margin in margins:
-            level, _ = inputs.level_for(replace(settings, level=None, level_margin=margin))
+        for name, fields in rules.items():
+            config = replace(settings, level=None, **fields)
+            level = inputs.level_for(config).level
             prototypes = torch.from_numpy(cluster_prototypes(inputs.vectors, inputs.hierarchy.level_labels(level)))
             detector = ProtoAD(backbone, sigma=fitted.sigma, prototypes=prototypes,
-                               config=replace(settings, level=level, level_margin=margin)).eval()
+                               config=replace(config, level=level)).eval()
             scored = score(detector, data)
-            rows.append({"ablation": "level_rule", "setting": "budget only" if margin is None else f"margin {margin:g}",
-                         "category": data.name, "level": level, "head_ms": head_ms(detector, data, repeats),
-                         "K": detector.k, **{m: scored.metrics[m] for m in HEADLINE_METRICS}})
+            rows.append({"ablation": "level_rule", "setting": name, "category": data.name, "level": level,
+                         "head_ms": head_ms(detector, data, repeats), "K": detector.k,
+                         **{m: scored.metrics[m] for m in HEADLINE_METRICS}})
     return pd.DataFrame(rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,8 @@ PROJECTED = 3
 @dataclass
 class TimedHierarchy:
     """The recipe's FINCH hierarchy of one category with its cost (wall time and peak extra resident memory of
-    subsampling + clustering) and `level`: the finest within the prototype budget. (The fit's held-out level
-    rule may move up from it; notebook 07 shows where.)"""
+    subsampling, held-out gathering + clustering) and `level`: the level the fit uses (the configuration's level
+    rule, `ProtoADConfig.level_rule`; notebook 07 compares the rules)."""
 
     hierarchy: FinchHierarchy
     seconds: float
@@ -53,11 +53,11 @@ class ClusteringStudy:
 
 
 def timed_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig) -> tuple[TimedHierarchy, np.ndarray]:
-    """ProtoAD's recipe up to the clustering (`prototype_inputs`: subsample, FINCH; no bar, no held-out set),
-    timed and memory-measured, and the clustered unit vectors."""
+    """ProtoAD's recipe up to the clustering (`prototype_inputs`: subsample, held-out vectors, FINCH; no bar),
+    timed and memory-measured, the level its rule chooses (as the fit does), and the clustered unit vectors."""
     with PeakMemory("cpu") as memory, stopwatch() as watch:
-        inputs = prototype_inputs(features, config, held_out=False, progress=False)
-    level, _ = inputs.level_for(replace(config, level_margin=None))
+        inputs = prototype_inputs(features, config, progress=False)
+    level = inputs.level_for(config).level
     n_vectors, dim = inputs.vectors.shape
     return TimedHierarchy(inputs.hierarchy, watch.seconds, memory.peak_mb, int(n_vectors), int(dim), level), \
         inputs.vectors

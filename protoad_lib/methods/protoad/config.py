@@ -6,15 +6,21 @@ from dataclasses import dataclass
 
 DEFAULT_MAX_VECTORS = 60_000
 DEFAULT_MAX_PROTOTYPES = 1_000
+#: How FINCH's level is chosen when no `level` is given (`level_choice.choose_level`).
+LEVEL_RULES = ("bound", "margin", "budget")
 
 
 @dataclass
 class ProtoADConfig:
     """How the prototypes are built (FINCH by default; the others are ablations).
 
-    FINCH level (unless `level` is given): the finest with at most `max_prototypes` clusters, then, with
-    `level_margin` (default 0.5), the coarsest level above it whose held-out normal patches are on average
-    at most 1.5x as far from their nearest prototype (`level_choice`; None: the budget rule alone).
+    FINCH level (unless `level` is given): the finest with at most `max_prototypes` clusters, then, by
+    `level_rule`, the coarsest level above it whose held-out normal patches (training patches FINCH did not
+    cluster) stay close enough to their nearest prototype (`level_choice`):
+    - `bound` (default): on average at most `bound_ratio` (2.0) times as far as from their nearest clustered
+      vector (the "every vector a prototype" bound);
+    - `margin`: at most `1 + level_margin` (0.5) times as far as at the finest allowed level (the rule before);
+    - `budget`: no second step.
     """
 
     method: str = "finch"
@@ -26,4 +32,10 @@ class ProtoADConfig:
     knn_index: str = "exact"
     seed: int = 0
     image_score: str = "max"
-    level_margin: float | None = 0.5
+    level_rule: str = "bound"
+    bound_ratio: float = 2.0
+    level_margin: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.level_rule not in LEVEL_RULES:
+            raise ValueError(f"Unknown FINCH level rule {self.level_rule!r}; choose one of {LEVEL_RULES}.")

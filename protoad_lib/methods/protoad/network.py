@@ -12,7 +12,7 @@ from torch import nn
 
 from ...backbones import Backbone
 from ..components import nearest_cosine
-from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, ProtoADConfig
+from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, LEVEL_RULES, ProtoADConfig
 from .prototypes import PrototypeSet, build_prototypes, unit_patch_rows
 from ..base import AnomalyDetector
 from ...embeddings import Embeddings, as_embeddings
@@ -157,6 +157,12 @@ class ProtoAD(AnomalyDetector):
         parser.add_argument("--level", type=int, default=None, help="ProtoAD: FINCH partition level (default: rule below)")
         parser.add_argument("--max-prototypes", type=int, default=DEFAULT_MAX_PROTOTYPES,
                             help="ProtoAD: default level = the finest FINCH level with at most this many clusters")
+        parser.add_argument("--level-rule", choices=LEVEL_RULES, default="bound",
+                            help="ProtoAD: how the level moves up from there on held-out patches (bound: within "
+                                 "--bound-ratio of their distance to the nearest clustered vector; margin: the rule "
+                                 "before; budget: not at all)")
+        parser.add_argument("--bound-ratio", type=float, default=ProtoADConfig.bound_ratio,
+                            help="ProtoAD: the bound rule's largest accepted held-out distance, as a multiple of the bound")
         parser.add_argument("--max-vectors", type=int, default=DEFAULT_MAX_VECTORS,
                             help="ProtoAD: patch vectors clustered at most")
         parser.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified",
@@ -165,6 +171,7 @@ class ProtoAD(AnomalyDetector):
     @classmethod
     def options_from_cli(cls, args: Any) -> dict:
         return {"config": ProtoADConfig(level=args.level, max_prototypes=args.max_prototypes,
+                                        level_rule=args.level_rule, bound_ratio=args.bound_ratio,
                                         max_vectors=args.max_vectors, subsampling=args.subsampling, seed=args.seed)}
 
     @classmethod
@@ -204,7 +211,8 @@ class ProtoAD(AnomalyDetector):
         self.prototype_set = build_prototypes(
             features, method=s.method, k=s.k, level=s.level, max_prototypes=s.max_prototypes,
             max_vectors=s.max_vectors, subsampling=s.subsampling, knn_index=s.knn_index, seed=s.seed,
-            progress=self.progress, level_margin=s.level_margin,
+            progress=self.progress, level_rule=s.level_rule,
+            bound_ratio=s.bound_ratio, level_margin=s.level_margin,
         )
         self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes))
         return self

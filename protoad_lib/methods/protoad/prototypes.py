@@ -18,7 +18,7 @@ from ...progress import progress_bar
 from ..components import kmeans, patch_rows
 from .config import DEFAULT_MAX_PROTOTYPES, DEFAULT_MAX_VECTORS, ProtoADConfig
 from .hierarchy import FinchHierarchy, cluster_prototypes, l2_normalise
-from .level_choice import HELD_OUT_VECTORS, choose_level, unseen_indices
+from .level_choice import HELD_OUT_VECTORS, LevelChoice, choose_level, unseen_indices
 
 SUBSAMPLING_STRATEGIES = ("none", "random", "stratified", "coreset")
 PROTOTYPE_METHODS = ("finch", "kmeans", "coreset", "random")
@@ -205,16 +205,16 @@ class PrototypeInputs:
     hierarchy: FinchHierarchy | None = None
     held_out: np.ndarray | None = None
 
-    def level_for(self, config: ProtoADConfig) -> tuple[int, dict[int, float] | None]:
-        """The FINCH level `config` gives, and the held-out distance of each level the rule examined (None
-        without the rule): its `level`, else the finest within `max_prototypes`, moved up by the held-out level
-        rule (`level_choice.choose_level`) when `level_margin` is set and held-out vectors were gathered."""
+    def level_for(self, config: ProtoADConfig) -> LevelChoice:
+        """The FINCH level `config` gives and how it was found: its `level`, else the finest within
+        `max_prototypes`, moved up by `config.level_rule` (`level_choice.choose_level`) when held-out vectors
+        were gathered."""
         if config.level is not None:
-            return config.level, None
+            return LevelChoice(config.level)
         level = self.hierarchy.default_level(config.max_prototypes)
-        if config.level_margin is None or self.held_out is None:
-            return level, None
-        return choose_level(self.hierarchy, self.vectors, self.held_out, level, config.level_margin)
+        if self.held_out is None:
+            return LevelChoice(level)
+        return choose_level(self.hierarchy, self.vectors, self.held_out, level, config)
 
 
 def prototype_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig, hierarchy: FinchHierarchy | None = None,
@@ -225,16 +225,16 @@ def prototype_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig,
 
     `hierarchy`: one already computed for the same features and config (e.g. a fit's `PrototypeSet.hierarchy`)
     is reused; None (default) runs FINCH when `config.method` is "finch".
-    `held_out`: None (default) gathers them when `config` applies the level rule (FINCH, no fixed `level`, a
-    `level_margin`); True / False always / never. `build_prototypes` runs exactly this, so an ablation that
-    calls it sees what the fit saw. The subsample and the held-out vectors are gathered in one pass over the
+    `held_out`: None (default) gathers them when `config` applies a held-out level rule (FINCH, no fixed `level`,
+    `level_rule` other than "budget"); True / False always / never. `build_prototypes` runs exactly this, so an
+    ablation that calls it sees what the fit saw. The subsample and the held-out vectors are gathered in one pass over the
     images that hold them."""
     features = as_embeddings(features)
     n_images, _, height, width = features.shape
     used = training_indices(features, config.max_vectors, config.subsampling, config.seed)
     finch = config.method == "finch"
     if held_out is None:
-        held_out = finch and config.level is None and config.level_margin is not None
+        held_out = finch and config.level is None and config.level_rule != "budget"
     unseen = unseen_indices(n_images * height * width, used, config.seed) if held_out else used[:0]
     vectors, unseen_vectors = np.split(gather_vectors(features, np.concatenate([used, unseen])), [len(used)])
     if hierarchy is None and finch:
@@ -269,30 +269,36 @@ def build_prototypes(
     knn_index: str = "exact",
     seed: int = 0,
     progress: bool = True,
-    level_margin: float | None = None,
+    level_rule: str = "budget",
+    bound_ratio: float = ProtoADConfig.bound_ratio,
+    level_margin: float = ProtoADConfig.level_margin,
 ) -> PrototypeSet:
     """Prototypes from training features [N, C, h, w] (`prototype_inputs`, then the method).
 
-    FINCH: `level` picks a partition; by default the finest with at most `max_prototypes` clusters,
-    or, with `level_margin`, the coarsest of those whose held-out patches stay within that margin of
-    the finest one's distance (`level_choice.choose_level`). k-means, coreset and random need `k`
-    (they are the ablation alternatives).
+    FINCH: `level` picks a partition; by default the finest with at most `max_prototypes` clusters
+    (`level_rule="budget"`), or the coarsest level above it whose held-out patches stay within `level_rule`'s
+    limit (`bound`: `bound_ratio`; `margin`: `level_margin`; `level_choice.choose_level`). k-means, coreset and
+    random need `k` (they are the ablation alternatives).
     """
     if method not in PROTOTYPE_METHODS:
         raise ValueError(f"Unknown prototype method {method!r}; choose one of {PROTOTYPE_METHODS}.")
     if method != "finch" and not k:
         raise ValueError(f"Prototype method {method!r} needs k (the number of prototypes).")
     config = ProtoADConfig(method=method, k=k, level=level, max_prototypes=max_prototypes, max_vectors=max_vectors,
-                           subsampling=subsampling, knn_index=knn_index, seed=seed, level_margin=level_margin)
+                           subsampling=subsampling, knn_index=knn_index, seed=seed, level_rule=level_rule,
+                           bound_ratio=bound_ratio, level_margin=level_margin)
     info = {"subsampling": subsampling, "max_vectors": max_vectors, "seed": seed}
     with stopwatch() as watch:
         inputs = prototype_inputs(features, config, progress=progress)
         vectors = inputs.vectors
         if method == "finch":
             hierarchy = inputs.hierarchy
-            level, distances = inputs.level_for(config)
-            if distances is not None:
-                info["held_out_distance"] = distances
+            choice = inputs.level_for(config)
+            level = choice.level
+            if choice.distances:
+                info |= {"level_rule": level_rule, "held_out_distance": choice.distances, "level_limit": choice.limit}
+            if choice.bound is not None:
+                info["every_vector_distance"] = choice.bound
             if not 0 <= level < len(hierarchy.num_clusters):
                 raise ValueError(f"FINCH level {level} does not exist; levels: {hierarchy.num_clusters}.")
             prototypes = cluster_prototypes(vectors, hierarchy.level_labels(level))
