@@ -78,7 +78,8 @@ def score_method(backbone: Backbone, data: CategoryData, dataset: str, method: s
     maps = scored.predictions.maps
     keys = {"dataset": dataset, "category": data.name, "method": method}
     return MethodResult(
-        metrics=keys | scored.metrics | {"k": detector.fitted_size()},
+        metrics=keys | scored.metrics | {"k": detector.fitted_size(),
+                                         "level": detector.fit_report().get("finch_level")},
         timing=keys | {"fit_s": scored.fit_s, "infer_s": scored.infer_s, "n_train": len(data.train),
                        "n_test": len(data.test)},
         scores=scored.predictions.scores,
@@ -97,9 +98,10 @@ def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
     """Every method (registry names; None: every method of the evaluation tables) on every category of the run.
 
     Results have one row per (dataset, category, method) with image/pixel AUROC, AUPRO, image/pixel F1-max
-    (fractions) and `k` (ProtoAD prototypes / PatchCore memory-bank size; empty otherwise). Fitting and
-    scoring run on the CPU (the cached embeddings live there); `run.device` (e.g. "cuda") is used where a
-    method can move its expensive fitting step there (PatchCore's coreset selection).
+    (fractions), `k` (ProtoAD prototypes / PatchCore memory-bank size; empty otherwise) and `level` (the FINCH
+    level ProtoAD's rule chose; empty otherwise). Fitting and scoring run on the CPU (the cached embeddings live
+    there); `run.device` (e.g. "cuda") is used where a method can move its expensive fitting step there
+    (PatchCore's coreset selection).
     """
     methods = method_names() if methods is None else tuple(methods)
     options = method_options(run.profile, run.device) if options is None else options
@@ -121,5 +123,5 @@ def evaluate_run(run: RunSetup, methods: Sequence[str] | None = None,
         tests[category] = run.dataset(spec, category, "test")
         outcomes |= {(category, method): result for method, result in stored.items()}
     results = pd.DataFrame([result.metrics for result in outcomes.values()])
-    results["k"] = results["k"].astype("Int64")
+    results = results.astype({"k": "Int64", "level": "Int64"})
     return Evaluation(results, pd.DataFrame([result.timing for result in outcomes.values()]), tests, outcomes)

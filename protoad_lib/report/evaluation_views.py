@@ -40,7 +40,7 @@ def results_table(results: pd.DataFrame, decimals: int = 4, complete: Sequence[s
     for (dataset, method), group in results.groupby(["dataset", "method"], sort=False):
         label = mean_label(dataset, group["category"].nunique(), complete)
         mean = {"dataset": dataset, "category": label, "method": method,
-                **{m: group[m].mean() for m in metrics}, "k": pd.NA}
+                **{m: group[m].mean() for m in metrics}, "k": pd.NA, "level": pd.NA}
         parts.append(pd.concat([group, pd.DataFrame([mean])], ignore_index=True))
     table = pd.concat(parts, ignore_index=True)
     order = {m: i for i, m in enumerate(REGISTRY)}

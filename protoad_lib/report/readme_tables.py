@@ -23,13 +23,13 @@ PAPER_SCALE_JSON = REPO_ROOT / "results" / "benchmarks" / "paper_scale_wide_resn
 NOTEBOOK_TITLES = {"01": "01 data", "02": "02 features", "03": "03 clustering", "04": "04 network assembly",
                    "05": "05 evaluation", "06": "06 speed", "07": "07 ablations"}
 COLUMNS = {"category": "category", "method": "method", "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC",
-           "aupro": "AUPRO", "pixel_f1": "pixel F1-max", "k": "k"}
+           "aupro": "AUPRO", "pixel_f1": "pixel F1-max", "k": "k", "level": "FINCH level"}
 
 
 def _cell(value: object, column: str) -> str:
     if pd.isna(value):
         return ""
-    if column == "k":
+    if column in ("k", "level"):
         return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:.4f}"

@@ -162,7 +162,7 @@ class ProtoAD(AnomalyDetector):
                                  "--bound-ratio of their distance to the nearest clustered vector; margin: the rule "
                                  "before; budget: not at all)")
         parser.add_argument("--bound-ratio", type=float, default=ProtoADConfig.bound_ratio,
-                            help="ProtoAD: the bound rule's largest accepted held-out distance, as a multiple of the bound")
+                            help="ProtoAD: the bound rule's largest held-out distance, as a multiple of the bound")
         parser.add_argument("--max-vectors", type=int, default=DEFAULT_MAX_VECTORS,
                             help="ProtoAD: patch vectors clustered at most")
         parser.add_argument("--subsampling", choices=("stratified", "random", "coreset", "none"), default="stratified",

@@ -227,8 +227,8 @@ def prototype_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig,
     is reused; None (default) runs FINCH when `config.method` is "finch".
     `held_out`: None (default) gathers them when `config` applies a held-out level rule (FINCH, no fixed `level`,
     `level_rule` other than "budget"); True / False always / never. `build_prototypes` runs exactly this, so an
-    ablation that calls it sees what the fit saw. The subsample and the held-out vectors are gathered in one pass over the
-    images that hold them."""
+    ablation that calls it sees what the fit saw. The subsample and the held-out vectors are gathered in one pass
+    over the images that hold them."""
     features = as_embeddings(features)
     n_images, _, height, width = features.shape
     used = training_indices(features, config.max_vectors, config.subsampling, config.seed)
