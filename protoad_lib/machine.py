@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -85,3 +86,16 @@ def set_threads(threads: int, faiss_threads: int | None = None) -> tuple[int, in
         faiss.omp_set_num_threads(int(faiss_threads if faiss_threads is not None else threads))
     torch.set_num_threads(int(threads))
     return previous_torch, previous_faiss
+
+
+@contextmanager
+def thread_count(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch and faiss threads (`set_threads`), then restore the counts before it.
+
+    Float sums split over threads depend on their number, so work whose result must not depend on the process
+    (a training run, where such differences grow step by step) runs with a fixed count."""
+    previous = set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(*previous)

@@ -19,7 +19,7 @@ from protoad_lib.methods.prn.prototypes import fit_prototypes, residuals
 from protoad_lib.methods.prn.synthesis import TextureSource
 
 SIZE = 64
-TINY = {"epochs": 3, "train_batch_size": 3, "width": 4, "attention_blocks": 1}
+TINY = {"epochs": 3, "train_batch_size": 3, "width": 4, "attention_blocks": 1, "fit_threads": 1}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,6 +166,24 @@ def test_training_reduces_the_loss_and_is_reproducible(random_lite0, weave):
     assert first.history == second.history
     a, b = first.state_tensors(), second.state_tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_fit_trains_the_same_weights_whatever_threads_the_process_has(random_lite0, weave):
+    """A fit runs with its own `fit_threads`, so a one-thread process (a Dask worker) and a two-thread one (a serial
+    run) train the same weights; the thread count itself does change them (what the fixed count guards against)."""
+    def weights(process_threads: int, fit_threads: int) -> dict[str, torch.Tensor]:
+        previous = set_threads(process_threads)
+        try:
+            detector = quiet(PRN(random_lite0, **{**TINY, "width": 16, "fit_threads": fit_threads}))
+            return detector.fit(weave[0], progress=False).state_tensors()
+        finally:
+            set_threads(*previous)
+
+    one, two = weights(1, 2), weights(2, 2)
+    assert all(torch.equal(one[name], two[name]) for name in one)
+    other = weights(2, 1)
+    assert not all(torch.equal(other[name], two[name]) for name in two)
+    assert torch.get_num_threads() == 1  # the fits restored the count they found
 
 
 def test_choose_seen_is_seeded_and_picks_anomalies(random_lite0, weave):

@@ -16,7 +16,7 @@ import torch
 
 from ..backbones import DEFAULT_BACKBONE, load_backbone
 from ..data.transforms import PAPER_CROP
-from ..machine import environment, loadavg, set_threads
+from ..machine import environment, loadavg, thread_count
 from ..measure import PeakMemory, is_cuda, p50, p95, time_interleaved
 from ..methods import AnomalyDetector, bench_names, get_method, peer_names
 from ..profiles import BenchmarkSettings
@@ -123,12 +123,10 @@ def run_benchmark(backbone_name: str = DEFAULT_BACKBONE, **settings: Any) -> dic
     `include_anomalib` where anomalib is installed; env["anomalib"] is None otherwise.
     """
     request = BenchRequest(backbone_name=backbone_name, **settings | {"options": settings.get("options") or {}})
-    previous = set_threads(request.threads) if request.threads is not None else None
-    try:
+    if request.threads is None:
         return benchmark(request)
-    finally:
-        if previous is not None:
-            set_threads(*previous)
+    with thread_count(request.threads):
+        return benchmark(request)
 
 
 def _environment(request: BenchRequest, device: torch.device, data_info: dict) -> dict[str, Any]:

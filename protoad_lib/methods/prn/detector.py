@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from ...backbones import Backbone
 from ...features import combine_layers
+from ...machine import thread_count
 from ...measure import stopwatch
 from ...progress import progress_bar
 from ..base import AnomalyDetector, as_loader, split_layers
@@ -37,6 +38,9 @@ from .network import PRNetwork
 from .prototypes import PROTOTYPE_LEVELS, fit_prototypes, residuals
 from .synthesis import AnomalySynthesiser
 from .training import LR_DECAYS, TrainSettings, train_network
+
+#: Threads a fit uses whatever the process has (`PRN.fit`): a one-thread worker and a serial run train alike.
+FIT_THREADS = 2
 
 SCHEDULES: dict[str, dict] = {
     "cpu": {"epochs": 30, "train_batch_size": 8, "width": 16, "attention_blocks": 1, "lr": 2e-3,
@@ -98,7 +102,8 @@ class PRN(AnomalyDetector):
                  prototype_level: str = "image",
                  prototype_ratio: float = 0.1, patch_prototypes: int = 64, texture_dir: str | Path | None = None,
                  anomaly_fraction: float = 0.5, beta_max: float = 0.8, perlin_threshold: float = 0.5,
-                 seen_fraction: float = 0.5, focal_weight: float = 5.0, top_k: int = 100, seed: int = 0) -> None:
+                 seen_fraction: float = 0.5, focal_weight: float = 5.0, top_k: int = 100, seed: int = 0,
+                 fit_threads: int = FIT_THREADS) -> None:
         super().__init__(backbone, sigma)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {schedule!r}")
@@ -115,7 +120,7 @@ class PRN(AnomalyDetector):
         self.lr_decay = str(preset["lr_decay"] if lr_decay is None else lr_decay)
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
-        self.focal_weight, self.seed = float(focal_weight), int(seed)
+        self.focal_weight, self.seed, self.fit_threads = float(focal_weight), int(seed), int(fit_threads)
         self.prototype_level, self.prototype_ratio = prototype_level, float(prototype_ratio)
         self.patch_prototypes, self.top_k = int(patch_prototypes), int(top_k)
         self.texture_dir = None if texture_dir is None else str(texture_dir)
@@ -201,8 +206,17 @@ class PRN(AnomalyDetector):
         """Fit on the good training images: prototypes from their backbone maps, then the network trained
         on synthesised anomalies (`epochs` x ceil(N / `train_batch_size`) steps). `batch_size` is the
         feature-extraction batch; `seen` optional real anomalies [(image [3, H, W], mask [1, H, W]), ...]
-        at the training images' size (take them with `categories.choose_seen` and remove them from the test set)."""
-        progress = progress and self.progress
+        at the training images' size (take them with `categories.choose_seen` and remove them from the test set).
+        It runs with `fit_threads` torch/faiss threads whatever the process has (default 2), so a fit in a
+        one-thread Dask worker trains the very weights of a fit in a serial run (same CPU): training amplifies
+        the float differences of another thread count into other numbers [ours]."""
+        with thread_count(self.fit_threads):
+            self._fit(data, batch_size, device, progress and self.progress, seen)
+        return self.eval()
+
+    def _fit(self, data: Dataset | Iterable, batch_size: int, device: str | torch.device, progress: bool,
+             seen: SeenAnomalies | None) -> None:
+        """`fit`'s steps, run with `fit_threads` threads."""
         images = stacked_images(data, batch_size)
         self.to(device).eval()
         maps = self.layer_maps(images, batch_size, device, progress)
@@ -217,7 +231,6 @@ class PRN(AnomalyDetector):
             logits_of = partial(self.training_logits, maps)
             self.history = train_network(self.network, logits_of, images, synthesiser, settings, device, progress)
         self.train_s = watch.seconds
-        return self.eval()
 
     def training_logits(self, normal_maps: list[torch.Tensor], images01: torch.Tensor, index: torch.Tensor,
                         changed: torch.Tensor) -> torch.Tensor:
@@ -268,7 +281,7 @@ class PRN(AnomalyDetector):
             "prototype_ratio": self.prototype_ratio, "patch_prototypes": self.patch_prototypes,
             "texture_dir": self.texture_dir, "anomaly_fraction": self.anomaly_fraction, "beta_max": self.beta_max,
             "perlin_threshold": self.perlin_threshold, "seen_fraction": self.seen_fraction,
-            "focal_weight": self.focal_weight, "top_k": self.top_k, "seed": self.seed,
+            "focal_weight": self.focal_weight, "top_k": self.top_k, "seed": self.seed, "fit_threads": self.fit_threads,
         }
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
