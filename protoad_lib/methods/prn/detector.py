@@ -281,7 +281,8 @@ class PRN(AnomalyDetector):
             "prototype_ratio": self.prototype_ratio, "patch_prototypes": self.patch_prototypes,
             "texture_dir": self.texture_dir, "anomaly_fraction": self.anomaly_fraction, "beta_max": self.beta_max,
             "perlin_threshold": self.perlin_threshold, "seen_fraction": self.seen_fraction,
-            "focal_weight": self.focal_weight, "top_k": self.top_k, "seed": self.seed, "fit_threads": self.fit_threads,
+            "focal_weight": self.focal_weight, "top_k": self.top_k, "seed": self.seed,
+            "fit_threads": self.fit_threads,
         }
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
