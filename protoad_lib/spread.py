@@ -1,10 +1,9 @@
 """The notebook series spread over a Dask cluster: (notebook, category) units as tasks on workers, then the serial pass.
 
-Fan-out: each category's notebooks 02 (it fills the shared feature cache), then 05 and 07 (they store each finished
-unit in the run's results store) run as tasks, one papermill kernel per task, the notebook given that one category.
-Notebook 01 (data download and checks) runs once, in this process, before anything is sent; 03 and 04 store no
-units, so they gain nothing from a fan-out; 06 measures speed, so it runs only in the serial pass, when no task is
-left beside it. Fan-in: the ordinary serial pass (`run.run_notebooks`) over every category that finished, which finds
+Fan-out: each category's notebooks 02 (it fills the shared feature cache), then 03, 04, 05 and 07 (they store each
+finished unit in the run's results store) run as tasks, one papermill kernel per task, the notebook given that one
+category. Notebook 01 (data download and checks) runs once, in this process, before anything is sent; 06 measures
+speed, so it runs only in the serial pass, when no task is left beside it. Fan-in: the ordinary serial pass (`run.run_notebooks`) over every category that finished, which finds
 their units stored and recomputes none, so its tables, figures and HTML are those of a serial run.
 
 Faults: a task that raises is retried `RETRIES` times; a worker that dies (OOM, SIGKILL, a lost node) has its task
@@ -26,7 +25,7 @@ from .session import selected_categories
 from .run import NOTEBOOKS_DIR, RESULTS_DIR, discover_notebooks, run_notebook, run_notebooks, select_notebooks
 
 #: Notebooks run per category on the workers, and the notebook each waits for (same category).
-FANNED_OUT = {"02": None, "05": "02", "07": "02"}
+FANNED_OUT = {"02": None, "03": "02", "04": "02", "05": "02", "07": "02"}
 FIRST = "01"
 RETRIES = 2
 

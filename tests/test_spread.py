@@ -15,16 +15,21 @@ from protoad_lib.run import run_notebooks
 from protoad_lib.spread import SharedStorageError, check_folder, connect, run_categories, run_spread
 
 CATEGORIES = ["bottle", "grid", "02"]  # MVTec RGB, MVTec grayscale, BTAD .bmp (non-square)
-NOTEBOOKS = "01,02,05"
+NOTEBOOKS = "01,02,03,04,05"
 
 
 def parameters(paper_layout) -> dict:
     return {"categories": CATEGORIES, "backbone": "efficientnet_lite0", "data_root": str(paper_layout), "smoke": True}
 
 
-def results(folder) -> pd.DataFrame:
-    """Notebook 05's table, every method's row (PRN's too: its fit runs with a fixed thread count)."""
-    return pd.read_csv(folder / "paper" / "05_results.csv", dtype={"category": str})
+def table(folder, name: str) -> pd.DataFrame:
+    """A table the run wrote (05's has every method's row, PRN's too: its fit runs with a fixed thread count)."""
+    return pd.read_csv(folder / "paper" / name, dtype={"category": str})
+
+
+#: The tables compared: clustering (03), the networks' example scores (04; its proof's exact differences depend on
+#: the thread count by design), the evaluation (05).
+COMPARED = ("03_finch_levels.csv", "03_method_comparison.csv", "04_example_scores.csv", "05_results.csv")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +44,11 @@ def test_a_spread_run_gives_the_serial_run_s_tables(paper_layout, tmp_path, clie
                   log=lambda text: None)
     report = run_spread(client, "paper", NOTEBOOKS, results_dir=spread, parameters=parameters(paper_layout),
                         stream=False, log=lambda text: None)
-    assert sorted(report.finished) == sorted(f"{n}/{c}" for n in ("02", "05") for c in CATEGORIES)
+    assert sorted(report.finished) == sorted(f"{n}/{c}" for n in ("02", "03", "04", "05") for c in CATEGORIES)
     assert not report.failed
     assert (spread / "paper" / "executed" / "units" / "05_evaluation_mvtec_btad" / "grid.ipynb").is_file()
-    pd.testing.assert_frame_equal(results(spread), results(serial))
+    for name in COMPARED:
+        pd.testing.assert_frame_equal(table(spread, name), table(serial, name))
     stored = sorted(p.name for p in (spread / "paper" / "cache" / "evaluation").iterdir())
     assert len(stored) == len(CATEGORIES) * 5  # every (category, method) unit stored by the fan-out
 

@@ -78,6 +78,32 @@ def test_backbone_shapes_cache_entries_and_layer_maps(run):
     assert len(fig.axes) >= 2 * 2 * (1 + len(net.layers)) and net.name in fig.texts[0].get_text()
 
 
+def refuse_to_compute(*args, **kwargs):
+    raise AssertionError("a stored unit was computed again")
+
+
+def test_notebook_03_and_04_read_their_stored_units_back(run, monkeypatch):
+    """Each category of notebooks 03 and 04 is a stored unit: a second pass (the serial pass after a spread run)
+    computes none and shows the same hierarchy, usage, comparison, networks and proof."""
+    clustering, networks = prototype_study.study_clustering(run), network_study.build_networks(run)
+    monkeypatch.setattr(prototype_study, "clustering_unit", refuse_to_compute)
+    monkeypatch.setattr(network_study, "proved_network", refuse_to_compute)
+    clustering_again, networks_again = prototype_study.study_clustering(run), network_study.build_networks(run)
+    pd.testing.assert_frame_equal(model_views.hierarchy_table(clustering_again.finch),
+                                  model_views.hierarchy_table(clustering.finch))
+    pd.testing.assert_frame_equal(clustering_again.comparison, clustering.comparison)
+    assert all((clustering_again.usage[c] == clustering.usage[c]).all() for c in clustering.usage)
+    assert clustering_again.describe() == clustering.describe()
+    for (_, vectors, hierarchy, level), (_, first_vectors, _, first_level) in zip(clustering_again.panels,
+                                                                                 clustering.panels):
+        assert (vectors == first_vectors).all() and level == first_level and len(hierarchy.labels) == len(vectors)
+    pd.testing.assert_frame_equal(networks_again.equivalence, networks.equivalence)
+    assert networks_again.describe() == networks.describe()
+    for category, detector in networks.detectors.items():
+        assert torch.equal(networks_again.detectors[category].head.prototypes, detector.head.prototypes)
+        assert torch.equal(networks_again.images(category), networks.images(category))
+
+
 def test_networks_equal_brute_force_map_export_and_reload(run, tmp_path):
     networks = network_study.build_networks(run)
     assert list(networks.detectors) == ["bottle", "01"]

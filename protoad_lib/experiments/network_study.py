@@ -6,7 +6,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,8 @@ from ..checkpoint import export_onnx, export_torchscript, load_detector, missing
 from ..data import example_indices
 from ..embeddings import Embeddings
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
+from ..methods.protoad.prototypes import FinchHierarchy, PrototypeSet
+from ..profiles import DatasetSpec
 from ..session import RunSetup
 
 #: The proof's exact differences from brute force (float32 rounding; the last bits depend on the threads).
@@ -93,23 +95,42 @@ def end_to_end_diff(detector: ProtoAD, images01: torch.Tensor) -> float:
                max_abs_diff(scores.cpu(), reference_maps.amax(dim=(1, 2)).cpu()))
 
 
+def proved_network(run: RunSetup, spec: DatasetSpec, category: str, config: ProtoADConfig) -> dict:
+    """One category's unit of notebook 04 (stored as it finishes): ProtoAD fitted on the cached train embeddings,
+    its prototype set (prototypes, FINCH level and hierarchy, vectors clustered) and its proof row (the head vs
+    brute force on every test patch, the whole network on the example images)."""
+    data = run.load(spec, category)
+    detector = ProtoAD(run.backbone, config=config)
+    detector.progress = False
+    found = detector.fit_embeddings(data.train_embeddings).to(run.device).eval().prototype_set
+    proof = head_equivalence(category, detector, data.test_embeddings)
+    examples = torch.stack([data.test[i]["image"] for i in example_indices(data.test)])
+    proof["max |difference| end to end"] = end_to_end_diff(detector, examples)
+    return {"prototypes": found.prototypes, "method": found.method, "level": found.level,
+            "labels": found.hierarchy.labels, "num_clusters": found.hierarchy.num_clusters,
+            "n_vectors": found.n_vectors, "proof": proof}
+
+
 def build_networks(run: RunSetup) -> Networks:
     """Fit ProtoAD (the profile's clustering budget, the run's seed) on every category's cached train
     embeddings, keep its example test images (`data.example_indices`) and prove the network equal to
-    brute force on them and on every test patch (one category at a time, its embeddings read in chunks)."""
+    brute force on them and on every test patch (one category at a time, its embeddings read in chunks).
+    Each category's fit and proof is a stored unit (`proved_network`): a rerun, or the serial pass after a
+    spread run, reads it back and rebuilds the same network from it."""
     config = ProtoADConfig(max_vectors=run.profile.max_vectors, seed=run.seed)
+    store = run.store("networks", {"config": asdict(config)})
     networks, rows = Networks(), []
     for spec, category in run.each_category("networks"):
-        data = run.load(spec, category)
-        detector = ProtoAD(run.backbone, config=config)
+        unit = store.computed(lambda: proved_network(run, spec, category, config), category)
+        found = PrototypeSet(unit["prototypes"], unit["method"], unit["level"],
+                             FinchHierarchy(unit["labels"], unit["num_clusters"]), unit["n_vectors"])
+        detector = ProtoAD(run.backbone, config=config).use_prototypes(found)
         detector.progress = False
-        networks.detectors[category] = detector.fit_embeddings(data.train_embeddings).to(run.device).eval()
-        networks.examples[category] = [data.test[i] for i in example_indices(data.test)]
-        networks.roots[category] = Path(data.test.root)
-        row = head_equivalence(category, detector, data.test_embeddings)
-        row["max |difference| end to end"] = end_to_end_diff(detector, networks.images(category))
-        rows.append(row)
-        del data
+        networks.detectors[category] = detector.to(run.device).eval()
+        test = run.dataset(spec, category, "test")
+        networks.examples[category] = [test[i] for i in example_indices(test)]
+        networks.roots[category] = Path(test.root)
+        rows.append(unit["proof"])
     networks.equivalence = pd.DataFrame(rows)
     return networks
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,8 @@ import torch
 from ..embeddings import Embeddings
 from ..measure import PeakMemory, stopwatch
 from ..methods.protoad import ProtoADConfig, prototype_usage
-from ..methods.protoad.prototypes import FinchHierarchy, cluster_prototypes, prototype_inputs
+from ..methods.protoad.prototypes import FinchHierarchy, cluster_prototypes, prototype_inputs, training_vectors
+from ..profiles import DatasetSpec
 from ..session import RunSetup
 from .ablation_plan import ablation_plan
 from .ablations import clustering_method_ablation, fit_baselines
@@ -63,25 +64,45 @@ def timed_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig) -> 
         inputs.vectors
 
 
+def clustering_unit(run: RunSetup, spec: DatasetSpec, category: str, config: ProtoADConfig) -> dict:
+    """One category's unit of notebook 03 (stored as it finishes): the timed recipe's hierarchy and cost, what it
+    clustered (one line), prototype usage over every training patch, and the clustering ablation's rows."""
+    data = run.load(spec, category)
+    n, c, h, w = data.train_embeddings.shape
+    found, vectors = timed_inputs(data.train_embeddings, config)
+    prototypes = cluster_prototypes(vectors, found.hierarchy.level_labels(found.level))
+    fits = fit_baselines(run.backbone, [data], config)
+    return {
+        "labels": found.hierarchy.labels, "num_clusters": found.hierarchy.num_clusters, "seconds": found.seconds,
+        "peak_mb": found.peak_mb, "n_vectors": found.n_vectors, "dim": found.dim, "level": found.level,
+        "line": f"{category}: {n} images x {h * w} patches = {n * h * w} vectors of {c} channels; "
+                f"clustering {len(vectors)} ({config.subsampling}, seed {config.seed})",
+        "usage": prototype_usage(data.train_embeddings, torch.from_numpy(prototypes)),
+        "comparison": clustering_method_ablation(run.backbone, [data], COMPARED, config, fits),
+    }
+
+
 def study_clustering(run: RunSetup) -> ClusteringStudy:
     """One pass over the run's categories (one at a time, its embeddings read a few images at a time), with
     notebook 07's reference configuration (`ablation_plan`): the timed recipe, prototype usage over every
-    training patch (not only the clustered subsample), and the clustering ablation on the same data."""
+    training patch (not only the clustered subsample), and the clustering ablation on the same data. Each
+    category is a stored unit (`clustering_unit`): a rerun, or the serial pass after a spread run, reads it
+    back; the projection's categories gather their clustered vectors again (a read of the subsample, no
+    clustering)."""
     config = ablation_plan(run.profile, run.device).config(seed=run.seed)
+    store = run.store("clustering", {"config": asdict(config), "compared": list(COMPARED)})
     study, comparisons = ClusteringStudy(), []
     for spec, category in run.each_category("clustering"):
-        data = run.load(spec, category)
-        n, c, h, w = data.train_embeddings.shape
-        found, vectors = timed_inputs(data.train_embeddings, config)
-        study.finch[category] = found
-        study.lines.append(f"{category}: {n} images x {h * w} patches = {n * h * w} vectors of {c} channels; "
-                           f"clustering {len(vectors)} ({config.subsampling}, seed {config.seed})")
-        prototypes = cluster_prototypes(vectors, found.hierarchy.level_labels(found.level))
-        study.usage[category] = prototype_usage(data.train_embeddings, torch.from_numpy(prototypes))
+        unit = store.computed(lambda: clustering_unit(run, spec, category, config), category)
+        hierarchy = FinchHierarchy(unit["labels"], unit["num_clusters"])
+        study.finch[category] = TimedHierarchy(hierarchy, unit["seconds"], unit["peak_mb"], unit["n_vectors"],
+                                               unit["dim"], unit["level"])
+        study.lines.append(unit["line"])
+        study.usage[category] = unit["usage"]
         if len(study.panels) < PROJECTED:
-            study.panels.append((category, vectors, found.hierarchy, found.level))
-        fits = fit_baselines(run.backbone, [data], config)
-        comparisons.append(clustering_method_ablation(run.backbone, [data], COMPARED, config, fits))
-        del data, fits
+            vectors = training_vectors(run.load(spec, category).train_embeddings, config.max_vectors,
+                                       config.subsampling, config.seed)
+            study.panels.append((category, vectors, hierarchy, unit["level"]))
+        comparisons.append(unit["comparison"])
     study.comparison = pd.concat(comparisons, ignore_index=True)
     return study

@@ -208,13 +208,17 @@ class ProtoAD(AnomalyDetector):
         """Prototypes from the training features (`build_prototypes`: it reads the subsample and the held-out
         vectors a few images at a time, never the whole split); the head is on the CPU (move the model)."""
         s = self.settings
-        self.prototype_set = build_prototypes(
+        return self.use_prototypes(build_prototypes(
             features, method=s.method, k=s.k, level=s.level, max_prototypes=s.max_prototypes,
             max_vectors=s.max_vectors, subsampling=s.subsampling, knn_index=s.knn_index, seed=s.seed,
             progress=self.progress, level_rule=s.level_rule,
             bound_ratio=s.bound_ratio, level_margin=s.level_margin,
-        )
-        self.head = PrototypeHead(torch.from_numpy(self.prototype_set.prototypes))
+        ))
+
+    def use_prototypes(self, found: PrototypeSet) -> "ProtoAD":
+        """Take `found` (a fit's `PrototypeSet`, e.g. one stored and read back) as this network's prototypes."""
+        self.prototype_set = found
+        self.head = PrototypeHead(torch.from_numpy(found.prototypes))
         return self
 
     def _fitted_head(self) -> PrototypeHead:
