@@ -3,8 +3,9 @@
 Fan-out: each category's notebooks 02 (it fills the shared feature cache), then 03, 04, 05 and 07 (they store each
 finished unit in the run's results store) run as tasks, one papermill kernel per task, the notebook given that one
 category. Notebook 01 (data download and checks) runs once, in this process, before anything is sent; 06 measures
-speed, so it runs only in the serial pass, when no task is left beside it. Fan-in: the ordinary serial pass (`run.run_notebooks`) over every category that finished, which finds
-their units stored and recomputes none, so its tables, figures and HTML are those of a serial run.
+speed, so it runs only in the serial pass, when no task is left beside it. Fan-in: the ordinary serial pass
+(`run.run_notebooks`) over every category that finished, which finds their units stored and recomputes none, so
+its tables, figures and HTML are those of a serial run.
 
 Faults: a task that raises is retried `RETRIES` times; a worker that dies (OOM, SIGKILL, a lost node) has its task
 rescheduled by the scheduler, at most `distributed.scheduler.allowed-failures` times (Dask's default 3). A category
