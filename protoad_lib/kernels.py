@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import zmq
 from jupyter_client.manager import AsyncKernelManager
+from traitlets import Unicode
 
 
 class QuietKernelManager(AsyncKernelManager):
@@ -21,15 +23,28 @@ class QuietKernelManager(AsyncKernelManager):
     SIGTERM mid-teardown makes libzmq print `Assertion failed: pfd.revents & POLLIN`). A stopped run's busy
     kernel cannot answer a shutdown request: its wait for the running cell is cancelled (or it would log `Kernel
     died` and a lost task) and the kernel is killed at once, which prints nothing.
+
+    What the kernel process itself writes to its standard error (not a cell's output, which goes to the notebook:
+    ipykernel's own log lines, such as `IOStream.flush timed out` when its output thread lags on a loaded machine,
+    and C libraries' messages before a crash) is appended to `stderr_log` when one is configured, instead of the
+    runner's terminal.
     """
 
     GRACEFUL_EXIT_S = 30.0
+    stderr_log = Unicode("", help="file the kernel process's standard error is appended to").tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if zmq.has("curve"):
             self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
         self.shutdown_wait_time = 2 * self.GRACEFUL_EXIT_S  # half waits for the exit, half after SIGTERM
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if not self.stderr_log:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        Path(self.stderr_log).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr_log, "ab") as log:  # the kernel keeps its own descriptor
+            return await super()._async_launch_kernel(kernel_cmd, stderr=log, **kw)
 
     async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         """Shut an idle kernel down gracefully; cancel what still waits on a busy one (a stopped run's running

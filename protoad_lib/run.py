@@ -8,7 +8,9 @@ temporary file, then renamed) land in one folder. One progress line per notebook
 end, and a non-zero exit naming the failing notebook and cell.
 
 Ctrl-C or SIGTERM (`timeout`, a scheduler's time limit) shuts the kernel down and ends the run with one line
-saying what it stored; nothing else reaches the terminal but the notebooks' own output.
+saying what it stored; nothing else reaches the terminal but the notebooks' own output. What a kernel process
+writes to its own standard error goes to ``<results>/<profile>/logs/<name>.kernel.log`` (kept when not empty; a
+kernel that dies has its last lines quoted in the failure message).
 
 Every run also writes the executed notebooks as static HTML with an index page
 (``<results>/<profile>/html/index.html``) for people who read rather than run. Profiles other than the
@@ -28,6 +30,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from traitlets.config import Config
 
 from .atomic import atomic_output
 from .html_pages import write_html_report
@@ -204,6 +208,7 @@ def run_notebook(
     name = notebook.stem
     executed_dir = Path(results_dir) / profile / "executed"
     final = executed_dir / f"{executed_name or name}.ipynb"
+    kernel_log = Path(results_dir) / profile / "logs" / f"{executed_name or name}.kernel.log"
     params = {"profile": profile, "results_dir": str(Path(results_dir).resolve() / profile), **(parameters or {})}
     watch = Stopwatch()
     failure: PapermillExecutionError | None = None
@@ -214,13 +219,18 @@ def run_notebook(
                 cwd=str(notebook.parent), progress_bar=False, log_output=stream,
                 request_save_on_cell_execute=False, start_timeout=start_timeout,
                 kernel_manager_class=QuietKernelManager,
+                config=Config({QuietKernelManager.__name__: {"stderr_log": str(kernel_log)}}),
             )
         except PapermillExecutionError as error:
             failure = error  # keep the executed copy: it shows the failing cell and its traceback
         except Exception as error:  # kernel died, bad JSON, missing kernel, ...
             raise NotebookRunError(
-                name, f"notebook {name} could not be run: {type(error).__name__}: {error}",
+                name, f"notebook {name} could not be run: {type(error).__name__}: {error}"
+                f"{_kernel_messages(kernel_log)}",
             ) from error
+        finally:
+            if kernel_log.is_file() and not kernel_log.stat().st_size:
+                kernel_log.unlink()
     if failure is not None:
         cell = _source_cell_index(final, failure.cell_index)
         first_line = next((ln for ln in str(failure.source).splitlines() if ln.strip()), "").strip()
@@ -233,6 +243,14 @@ def run_notebook(
     if update_source:
         _update_source_notebook(final, notebook)
     return NotebookResult(name, watch.stop(), final)
+
+
+def _kernel_messages(kernel_log: Path, lines: int = 5) -> str:
+    """The last lines the kernel process wrote to its standard error (why a kernel died), for an error message."""
+    if not kernel_log.is_file() or not kernel_log.stat().st_size:
+        return ""
+    tail = kernel_log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; the kernel's last messages ({_display(kernel_log)}): " + " | ".join(tail)
 
 
 def _display(path: Path) -> str:

@@ -171,6 +171,26 @@ def test_a_successful_run_prints_nothing_from_the_kernel(folders):
     assert finished.stderr == ""
 
 
+def test_what_the_kernel_process_writes_goes_to_its_log_and_a_dead_kernel_is_explained(folders):
+    """ipykernel writes its own complaints (`IOStream.flush timed out` on a loaded machine) to the kernel process's
+    standard error, which used to be the runner's terminal. They go to `<results>/<profile>/logs/<notebook>.kernel.log`
+    (removed when empty); a kernel that dies has its last lines quoted in the failure message."""
+    notebooks, results = folders
+    to_process = "import sys\nprint('{}', file=sys.__stderr__, flush=True)"
+    _notebook(notebooks / "01_loud.ipynb", to_process.format("a complaint of the kernel"))
+    _notebook(notebooks / "02_quiet.ipynb", "print('fine')")
+    _notebook(notebooks / "03_dies.ipynb", to_process.format("last words") + "\nimport os, time\ntime.sleep(1)\nos._exit(3)")
+    finished = subprocess.run([sys.executable, "-m", "protoad_lib.run", "--notebooks-dir", str(notebooks),
+                               "--results-dir", str(results)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode != 0
+    assert "a complaint of the kernel" not in finished.stdout + finished.stderr
+    logs = results / "demo" / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["01_loud.kernel.log", "03_dies.kernel.log"]
+    assert (logs / "01_loud.kernel.log").read_text() == "a complaint of the kernel\n"
+    assert "03_dies could not be run" in finished.stderr + finished.stdout
+    assert "the kernel's last messages" in finished.stderr and "last words" in finished.stderr
+
+
 def test_the_kernel_shutdown_sends_no_interrupt(folders, monkeypatch):
     """jupyter_client interrupts (SIGINT) a kernel before shutting it down; papermill shuts down as soon as the
     kernel's last reply arrives, so the interrupt can land in the kernel's request handler and log
