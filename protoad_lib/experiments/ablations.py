@@ -26,7 +26,7 @@ from ..features import FeatureCache, combine_layers
 from ..measure import stopwatch
 from ..methods.base import split_layers
 from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
-from ..methods.protoad.prototypes import cluster_prototypes, prototype_inputs
+from ..methods.protoad.prototypes import PrototypeSet, cluster_prototypes, prototype_inputs
 from ..metrics import HEADLINE_METRICS
 from ..profiles import DatasetSpec
 from ..resume import ResultStore
@@ -51,6 +51,13 @@ def fit_protoad(backbone: Backbone, data: CategoryData, config: ProtoADConfig | 
     detector.progress = False
     detector.fit_embeddings(train)
     return detector.eval()
+
+
+def protoad_with(backbone: Backbone, found: PrototypeSet, config: ProtoADConfig, sigma: float = 4.0) -> ProtoAD:
+    """The ProtoAD `fit_protoad` would give, built from prototypes already found for the same data and config."""
+    detector = ProtoAD(backbone, sigma=sigma, config=config)
+    detector.progress = False
+    return detector.use_prototypes(found).eval()
 
 
 def fit_baselines(backbone: Backbone, categories: Sequence[CategoryData],

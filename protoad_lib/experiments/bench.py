@@ -8,6 +8,7 @@ from the registry: ours (`bench_names`) and, where anomalib is installed, its pe
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -123,9 +124,7 @@ def run_benchmark(backbone_name: str = DEFAULT_BACKBONE, **settings: Any) -> dic
     `include_anomalib` where anomalib is installed; env["anomalib"] is None otherwise.
     """
     request = BenchRequest(backbone_name=backbone_name, **settings | {"options": settings.get("options") or {}})
-    if request.threads is None:
-        return benchmark(request)
-    with thread_count(request.threads):
+    with nullcontext() if request.threads is None else thread_count(request.threads):
         return benchmark(request)
 
 

@@ -20,6 +20,7 @@ from ..methods.protoad import ProtoAD, ProtoADConfig, nearest_prototype_distance
 from ..methods.protoad.prototypes import FinchHierarchy, PrototypeSet
 from ..profiles import DatasetSpec
 from ..session import RunSetup
+from .ablations import protoad_with
 
 #: The proof's exact differences from brute force (float32 rounding; the last bits depend on the threads).
 DIFFERENCES = ("max |difference|", "max |difference| end to end")
@@ -107,7 +108,7 @@ def proved_network(run: RunSetup, spec: DatasetSpec, category: str, config: Prot
     examples = torch.stack([data.test[i]["image"] for i in example_indices(data.test)])
     proof["max |difference| end to end"] = end_to_end_diff(detector, examples)
     return {"prototypes": found.prototypes, "method": found.method, "level": found.level,
-            "labels": found.hierarchy.labels, "num_clusters": found.hierarchy.num_clusters,
+            "hierarchy": asdict(found.hierarchy),
             "n_vectors": found.n_vectors, "proof": proof}
 
 
@@ -123,10 +124,8 @@ def build_networks(run: RunSetup) -> Networks:
     for spec, category in run.each_category("networks"):
         unit = store.computed(lambda: proved_network(run, spec, category, config), category)
         found = PrototypeSet(unit["prototypes"], unit["method"], unit["level"],
-                             FinchHierarchy(unit["labels"], unit["num_clusters"]), unit["n_vectors"])
-        detector = ProtoAD(run.backbone, config=config).use_prototypes(found)
-        detector.progress = False
-        networks.detectors[category] = detector.to(run.device).eval()
+                             FinchHierarchy(**unit["hierarchy"]), unit["n_vectors"])
+        networks.detectors[category] = protoad_with(run.backbone, found, config).to(run.device)
         test = run.dataset(spec, category, "test")
         networks.examples[category] = [test[i] for i in example_indices(test)]
         networks.roots[category] = Path(test.root)

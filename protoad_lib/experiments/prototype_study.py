@@ -11,11 +11,12 @@ import torch
 from ..embeddings import Embeddings
 from ..measure import PeakMemory, stopwatch
 from ..methods.protoad import ProtoADConfig, prototype_usage
-from ..methods.protoad.prototypes import FinchHierarchy, cluster_prototypes, prototype_inputs, training_vectors
+from ..methods.protoad.prototypes import (FinchHierarchy, PrototypeSet, prototype_inputs, prototypes_from,
+                                          training_vectors)
 from ..profiles import DatasetSpec
 from ..session import RunSetup
 from .ablation_plan import ablation_plan
-from .ablations import clustering_method_ablation, fit_baselines
+from .ablations import clustering_method_ablation, protoad_with
 
 #: The prototype methods set against each other at equal K (notebook 07's clustering ablation has random too).
 COMPARED = ("finch", "kmeans", "coreset")
@@ -53,32 +54,31 @@ class ClusteringStudy:
         return "\n".join(self.lines)
 
 
-def timed_inputs(features: Embeddings | torch.Tensor, config: ProtoADConfig) -> tuple[TimedHierarchy, np.ndarray]:
-    """ProtoAD's recipe up to the clustering (`prototype_inputs`: subsample, held-out vectors, FINCH; no bar),
-    timed and memory-measured, the level its rule chooses (as the fit does), and the clustered unit vectors."""
+def timed_prototypes(features: Embeddings | torch.Tensor, config: ProtoADConfig) -> tuple[TimedHierarchy, PrototypeSet]:
+    """ProtoAD's prototype recipe (`prototype_inputs`: subsample, held-out vectors, FINCH; then `prototypes_from`:
+    the level its rule chooses and its cluster means; no bar), timed and memory-measured, as the fit runs it."""
     with PeakMemory("cpu") as memory, stopwatch() as watch:
-        inputs = prototype_inputs(features, config, progress=False)
-    level = inputs.level_for(config).level
-    n_vectors, dim = inputs.vectors.shape
-    return TimedHierarchy(inputs.hierarchy, watch.seconds, memory.peak_mb, int(n_vectors), int(dim), level), \
-        inputs.vectors
+        found = prototypes_from(prototype_inputs(features, config, progress=False), config, progress=False)
+    found.info["seconds"] = watch.seconds
+    dim = found.prototypes.shape[1]
+    return TimedHierarchy(found.hierarchy, watch.seconds, memory.peak_mb, found.n_vectors, int(dim), found.level), found
 
 
 def clustering_unit(run: RunSetup, spec: DatasetSpec, category: str, config: ProtoADConfig) -> dict:
     """One category's unit of notebook 03 (stored as it finishes): the timed recipe's hierarchy and cost, what it
-    clustered (one line), prototype usage over every training patch, and the clustering ablation's rows."""
+    clustered (one line), prototype usage over every training patch, and the clustering ablation's rows (its
+    reference ProtoAD is built from the timed recipe's prototypes: FINCH runs once)."""
     data = run.load(spec, category)
     n, c, h, w = data.train_embeddings.shape
-    found, vectors = timed_inputs(data.train_embeddings, config)
-    prototypes = cluster_prototypes(vectors, found.hierarchy.level_labels(found.level))
-    fits = fit_baselines(run.backbone, [data], config)
+    timed, found = timed_prototypes(data.train_embeddings, config)
+    reference = protoad_with(run.backbone, found, config)
     return {
-        "labels": found.hierarchy.labels, "num_clusters": found.hierarchy.num_clusters, "seconds": found.seconds,
-        "peak_mb": found.peak_mb, "n_vectors": found.n_vectors, "dim": found.dim, "level": found.level,
+        "hierarchy": asdict(timed.hierarchy), "seconds": timed.seconds,
+        "peak_mb": timed.peak_mb, "n_vectors": timed.n_vectors, "dim": timed.dim, "level": timed.level,
         "line": f"{category}: {n} images x {h * w} patches = {n * h * w} vectors of {c} channels; "
-                f"clustering {len(vectors)} ({config.subsampling}, seed {config.seed})",
-        "usage": prototype_usage(data.train_embeddings, torch.from_numpy(prototypes)),
-        "comparison": clustering_method_ablation(run.backbone, [data], COMPARED, config, fits),
+                f"clustering {timed.n_vectors} ({config.subsampling}, seed {config.seed})",
+        "usage": prototype_usage(data.train_embeddings, torch.from_numpy(found.prototypes)),
+        "comparison": clustering_method_ablation(run.backbone, [data], COMPARED, config, {data.name: reference}),
     }
 
 
@@ -94,7 +94,7 @@ def study_clustering(run: RunSetup) -> ClusteringStudy:
     study, comparisons = ClusteringStudy(), []
     for spec, category in run.each_category("clustering"):
         unit = store.computed(lambda: clustering_unit(run, spec, category, config), category)
-        hierarchy = FinchHierarchy(unit["labels"], unit["num_clusters"])
+        hierarchy = FinchHierarchy(**unit["hierarchy"])
         study.finch[category] = TimedHierarchy(hierarchy, unit["seconds"], unit["peak_mb"], unit["n_vectors"],
                                                unit["dim"], unit["level"])
         study.lines.append(unit["line"])

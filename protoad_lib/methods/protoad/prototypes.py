@@ -287,32 +287,35 @@ def build_prototypes(
     config = ProtoADConfig(method=method, k=k, level=level, max_prototypes=max_prototypes, max_vectors=max_vectors,
                            subsampling=subsampling, knn_index=knn_index, seed=seed, level_rule=level_rule,
                            bound_ratio=bound_ratio, level_margin=level_margin)
-    info = {"subsampling": subsampling, "max_vectors": max_vectors, "seed": seed}
     with stopwatch() as watch:
-        inputs = prototype_inputs(features, config, progress=progress)
-        vectors = inputs.vectors
-        if method == "finch":
-            hierarchy = inputs.hierarchy
-            choice = inputs.level_for(config)
-            level = choice.level
-            if choice.distances:
-                info |= {"level_rule": level_rule, "held_out_distance": choice.distances, "level_limit": choice.limit}
-            if choice.bound is not None:
-                info["every_vector_distance"] = choice.bound
-            if not 0 <= level < len(hierarchy.num_clusters):
-                raise ValueError(f"FINCH level {level} does not exist; levels: {hierarchy.num_clusters}.")
-            prototypes = cluster_prototypes(vectors, hierarchy.level_labels(level))
-        elif method == "kmeans":
-            prototypes, _ = kmeans_prototypes(vectors, k, seed)
-        elif method == "coreset":
-            from ..coreset import GreedyCoresetSampler
+        found = prototypes_from(prototype_inputs(features, config, progress=progress), config, progress)
+    found.info["seconds"] = watch.seconds
+    return found
 
-            sampler = GreedyCoresetSampler(seed=seed, progress=progress)
-            picked = sampler.select(torch.from_numpy(vectors), n_samples=k)
-            prototypes = vectors[picked.numpy()]
-        else:
-            prototypes = vectors[np.random.default_rng(seed).choice(len(vectors), size=k, replace=False)]
-    info["seconds"] = watch.seconds
+
+def prototypes_from(inputs: PrototypeInputs, config: ProtoADConfig, progress: bool = True) -> PrototypeSet:
+    """The prototypes `config` builds from its inputs (`prototype_inputs`): the cluster means of the FINCH level
+    its rule chooses (the rule's measurements in `info`), or k-means / coreset / random's `config.k`."""
+    info = {"subsampling": config.subsampling, "max_vectors": config.max_vectors, "seed": config.seed}
+    vectors, method, k = inputs.vectors, config.method, config.k
     if method == "finch":
-        return PrototypeSet(prototypes, method, level, hierarchy, len(vectors), info)
+        hierarchy = inputs.hierarchy
+        choice = inputs.level_for(config)
+        if choice.distances:
+            info |= {"level_rule": config.level_rule, "held_out_distance": choice.distances, "level_limit": choice.limit}
+        if choice.bound is not None:
+            info["every_vector_distance"] = choice.bound
+        if not 0 <= choice.level < len(hierarchy.num_clusters):
+            raise ValueError(f"FINCH level {choice.level} does not exist; levels: {hierarchy.num_clusters}.")
+        prototypes = cluster_prototypes(vectors, hierarchy.level_labels(choice.level))
+        return PrototypeSet(prototypes, method, choice.level, hierarchy, len(vectors), info)
+    if method == "kmeans":
+        prototypes, _ = kmeans_prototypes(vectors, k, config.seed)
+    elif method == "coreset":
+        from ..coreset import GreedyCoresetSampler
+
+        sampler = GreedyCoresetSampler(seed=config.seed, progress=progress)
+        prototypes = vectors[sampler.select(torch.from_numpy(vectors), n_samples=k).numpy()]
+    else:
+        prototypes = vectors[np.random.default_rng(config.seed).choice(len(vectors), size=k, replace=False)]
     return PrototypeSet(l2_normalise(prototypes), method, None, None, len(vectors), info)
