@@ -12,7 +12,8 @@ from protoad_lib.data import AnomalyDataset
 from protoad_lib.embeddings import CHUNK_IMAGES, StoredEmbeddings, TensorEmbeddings, write_embeddings
 from protoad_lib.methods import PaDiM
 from protoad_lib.methods.components import holdout_split
-from protoad_lib.methods.npad import BLOCK_BYTES, NPad, fit_sharing_gaussians, fuse, kmeans_centroids
+from protoad_lib.methods.npad import (BLOCK_BYTES, NPad, fit_sharing_gaussians, fuse, kmeans_centroids,
+                                      neighbourhood_minimum)
 from protoad_lib.methods.npad_pooling import column_windows, pooled_moments, spd_inverse, window_sum
 
 
@@ -131,6 +132,29 @@ def test_min_neighbourhood(backbone):
                 candidates.append(((difference @ inverse) * difference).sum(dim=1).sqrt())
         torch.testing.assert_close(best[:, y, x], torch.stack(candidates).min(dim=0).values, rtol=1e-4, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("block_bytes", [1, 10_000, 2**26])
+def test_neighbourhood_minimum_is_the_brute_force_minimum_everywhere(block_bytes):
+    """Every position of a non-square grid, radius 2, blocks of one Gaussian to all of them: the minimum over the
+    in-bounds Gaussians within the radius of the Mahalanobis distance, computed one pair at a time in float64."""
+    generator = torch.Generator().manual_seed(7)
+    batch, channels, height, width, radius = 3, 4, 5, 7, 2
+    features = torch.randn(batch, channels, height, width, generator=generator)
+    mean = torch.randn(channels, height, width, generator=generator)
+    factors = torch.randn(height * width, channels, channels, generator=generator)
+    cov_inv = factors @ factors.transpose(1, 2) + torch.eye(channels)
+    best = neighbourhood_minimum(features, mean, cov_inv, radius, block_bytes)
+    expected = torch.empty(batch, height, width, dtype=torch.float64)
+    for y in range(height):
+        for x in range(width):
+            candidates = []
+            for qy in range(max(0, y - radius), min(height, y + radius + 1)):
+                for qx in range(max(0, x - radius), min(width, x + radius + 1)):
+                    difference = (features[:, :, y, x] - mean[:, qy, qx]).double()
+                    candidates.append(((difference @ cov_inv[qy * width + qx].double()) * difference).sum(1).sqrt())
+            expected[:, y, x] = torch.stack(candidates).min(dim=0).values
+    torch.testing.assert_close(best.double(), expected, rtol=1e-5, atol=1e-5)
 
 # --- fitting from embeddings read in pieces ------------------------------------------------------
 
