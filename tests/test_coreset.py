@@ -1,5 +1,7 @@
 """The greedy k-center coreset sampler (methods/coreset.py): size, determinism, coverage."""
 
+import math
+
 import torch
 
 from protoad_lib.methods import GreedyCoresetSampler
@@ -46,3 +48,23 @@ def test_greedy_coreset_covers_much_better_than_a_random_subset():
     greedy_radius = covering_radius(points, points[chosen])
     random_radius = covering_radius(points, points[random_subset])
     assert greedy_radius < 0.6 * random_radius
+
+
+def test_selection_follows_the_algorithm_step_by_step():
+    """The sampler picks, in order, what the three steps of its docstring give when written out directly in float64
+    (same seeded projection and starting points, `torch.cdist` for every distance)."""
+    features = torch.randn(500, 64, generator=torch.Generator().manual_seed(3))
+    chosen = GreedyCoresetSampler(fraction=0.1, projection_dim=32, seed=5, progress=False).select(features)
+
+    generator = torch.Generator().manual_seed(5)
+    matrix = torch.randn(64, 32, generator=generator) / math.sqrt(32)
+    points = (features @ matrix).double()
+    starts = torch.randperm(500, generator=generator)[:10]
+    distance = torch.cdist(points, points[starts]).mean(dim=1)
+    expected = []
+    for _ in range(50):
+        index = int(torch.argmax(distance))
+        expected.append(index)
+        distance = torch.minimum(distance, torch.cdist(points, points[index : index + 1])[:, 0])
+        distance[index] = -1.0
+    assert chosen.tolist() == expected
