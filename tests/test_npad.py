@@ -14,7 +14,7 @@ from protoad_lib.methods import PaDiM
 from protoad_lib.methods.components import holdout_split
 from protoad_lib.methods.npad import (BLOCK_BYTES, NPad, fit_sharing_gaussians, fuse, kmeans_centroids,
                                       neighbourhood_minimum)
-from protoad_lib.methods.npad_pooling import column_windows, pooled_moments, spd_inverse, window_sum
+from protoad_lib.methods.npad_pooling import column_windows, pooled_moments, row_windows, spd_inverse, window_sum
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,17 @@ def test_window_sum_and_column_windows():
     assert torch.equal(window_sum(values, 0, 0), values)
     assert column_windows(7, 1, 3) == [(0, 3, 0, 4), (3, 6, 2, 7), (6, 7, 5, 7)]
     assert column_windows(7, 2, 100) == [(0, 7, 0, 7)]
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 4])
+def test_a_band_sums_its_rows_with_the_window_sum_s_bits(radius):
+    """`row_windows` (each output row sums its own rows, as a band needs) adds in `window_sum`'s order, so the
+    pooled moments are bit for bit those of a window sum over every kept row."""
+    values = torch.randn(7, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(radius)) * 1e6
+    kept = {row: (values[row], values[row] * 3) for row in range(7)}
+    for outputs in (range(0, 7), range(2, 3), range(5, 7)):
+        expected = window_sum(values, radius, 0)[outputs.start : outputs.stop]
+        assert torch.equal(row_windows(kept, outputs, radius, 7, 0), expected)
 
 
 def test_radius_zero_without_centroids_is_padim(backbone):

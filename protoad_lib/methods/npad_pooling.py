@@ -38,9 +38,9 @@ def pooled_moments(features: Embeddings | torch.Tensor, radius: int, images: tor
     epsilon, of x_n(p + delta) over the images `images` (default all) and every in-bounds offset
     |delta|_inf <= radius within the window.
 
-    Each band's new rows are read `batch_size` images at a time and their row sums S1, S2 accumulated; the
-    row sums are kept while a band's 2r-row halo needs them; window sums over rows then columns pool them
-    (the box filter), counts likewise."""
+    Each band's new rows are read `batch_size` images at a time and their row sums S1, S2 accumulated; each
+    row's sums are kept while a band's 2r-row halo needs them; each output row sums its in-bounds rows
+    (`row_windows`), then a window sum over columns pools them (the box filter), counts likewise."""
     features = as_embeddings(features)
     count, _, height, full_width = features.shape
     left, right, _ = cols.indices(full_width)
@@ -52,11 +52,11 @@ def pooled_moments(features: Embeddings | torch.Tensor, radius: int, images: tor
     band_rows = height if band_rows is None else max(1, band_rows)
     columns = window_sum(torch.ones(width, dtype=torch.float64), radius, 0)
     centre = None  # any constant centre is exact; the window's first chunk's mean keeps the sums small
-    cached_from, first_rows, second_rows = 0, None, None  # row sums of rows [cached_from, cached_from + len)
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # grid row -> its (S1 [w', d], S2 [w', d, d])
     for y0 in range(0, height, band_rows):
         y1 = min(height, y0 + band_rows)
         top, bottom = max(0, y0 - radius), min(height, y1 + radius)
-        start = top if first_rows is None else cached_from + len(first_rows)
+        start = max(top, max(kept) + 1) if kept else top
         new_first = new_second = None
         for chunk in features.chunks(batch_size, chosen, rows=slice(start, bottom), cols=slice(left, right)):
             if centre is None:
@@ -67,19 +67,31 @@ def pooled_moments(features: Embeddings | torch.Tensor, radius: int, images: tor
             else:
                 new_first.add_(first_part)
                 new_second.add_(second_part)
-        if first_rows is not None:
-            new_first = torch.cat([first_rows[top - cached_from :], new_first])
-            new_second = torch.cat([second_rows[top - cached_from :], new_second])
-        cached_from, first_rows, second_rows = top, new_first, new_second
-        device = first_rows.device
-        inside = slice(y0 - top, y1 - top)
-        first = window_sum(window_sum(first_rows, radius, 0)[inside], radius, 1)  # [B, w', d]
-        second = window_sum(window_sum(second_rows, radius, 0)[inside], radius, 1)  # [B, w', d, d]
-        rows = window_sum(torch.ones(bottom - top, dtype=torch.float64), radius, 0)[inside]
-        counts = (n_images * rows[:, None] * columns).to(device)  # [B, w'] pooled vectors per position
+        kept = {row: sums for row, sums in kept.items() if row >= top}
+        kept.update((start + offset, (new_first[offset], new_second[offset])) for offset in range(bottom - start))
+        outputs = range(y0, y1)
+        first = window_sum(row_windows(kept, outputs, radius, height, 0), radius, 1)  # [B, w', d]
+        second = window_sum(row_windows(kept, outputs, radius, height, 1), radius, 1)  # [B, w', d, d]
+        rows = torch.tensor([min(height, y + radius + 1) - max(0, y - radius) for y in outputs], dtype=torch.float64)
+        counts = (n_images * rows[:, None] * columns).to(first.device)  # [B, w'] pooled vectors per position
         mean = first / counts[..., None]
         outer = (mean[..., :, None] * mean[..., None, :]).mul_(counts[..., None, None])
         yield y0, mean + centre, second.sub_(outer).div_((counts - 1)[..., None, None])
+
+
+def row_windows(kept: dict[int, tuple[torch.Tensor, torch.Tensor]], outputs: range, radius: int, height: int,
+                 part: int) -> torch.Tensor:
+    """For each row y of `outputs`, the sum of `kept[row][part]` over the in-bounds rows within `radius` of y,
+    added in `window_sum`'s order (y, y - 1, y + 1, y - 2, ...: the same bits): only the rows a band outputs."""
+    sample = kept[outputs[0]][part]
+    total = sample.new_empty((len(outputs), *sample.shape))
+    for slot, y in enumerate(outputs):
+        total[slot].copy_(kept[y][part])
+        for shift in range(1, radius + 1):
+            for row in (y - shift, y + shift):
+                if 0 <= row < height:
+                    total[slot].add_(kept[row][part])
+    return total
 
 
 def spd_inverse(matrices: torch.Tensor) -> torch.Tensor:
