@@ -174,7 +174,8 @@ def test_a_successful_run_prints_nothing_from_the_kernel(folders):
 def test_what_the_kernel_process_writes_goes_to_its_log_and_a_dead_kernel_is_explained(folders):
     """ipykernel writes its own complaints (`IOStream.flush timed out` on a loaded machine) to the kernel process's
     standard error, which used to be the runner's terminal. They go to `<results>/<profile>/logs/<notebook>.kernel.log`
-    (removed when empty); a kernel that dies has its last lines quoted in the failure message."""
+    (removed when empty; on a loaded machine even the quiet notebook's kernel may complain there); a kernel that
+    dies has its last lines quoted in the failure message."""
     notebooks, results = folders
     to_process = "import sys\nprint('{}', file=sys.__stderr__, flush=True)"
     _notebook(notebooks / "01_loud.ipynb", to_process.format("a complaint of the kernel"))
@@ -185,8 +186,9 @@ def test_what_the_kernel_process_writes_goes_to_its_log_and_a_dead_kernel_is_exp
     assert finished.returncode != 0
     assert "a complaint of the kernel" not in finished.stdout + finished.stderr
     logs = results / "demo" / "logs"
-    assert sorted(p.name for p in logs.iterdir()) == ["01_loud.kernel.log", "03_dies.kernel.log"]
-    assert (logs / "01_loud.kernel.log").read_text() == "a complaint of the kernel\n"
+    assert {"01_loud.kernel.log", "03_dies.kernel.log"} <= {p.name for p in logs.iterdir()}
+    assert all(p.stat().st_size for p in logs.iterdir())  # a kernel that wrote nothing leaves no log
+    assert "a complaint of the kernel\n" in (logs / "01_loud.kernel.log").read_text()
     assert "03_dies could not be run" in finished.stderr + finished.stdout
     assert "the kernel's last messages" in finished.stderr and "last words" in finished.stderr
 
