@@ -360,3 +360,11 @@ def test_spd_inverse_equals_the_lu_inverse():
     factors = torch.randn(7, 5, 9, generator=generator, dtype=torch.float64)
     matrices = factors @ factors.transpose(1, 2) + 0.01 * torch.eye(5, dtype=torch.float64)
     torch.testing.assert_close(spd_inverse(matrices), torch.linalg.inv(matrices), rtol=1e-9, atol=1e-9)
+
+
+def test_min_neighbourhood_refuses_features_of_another_grid(backbone):
+    """The "min" neighbourhood checks the grid as PaDiM's own scoring does (it no longer goes through it)."""
+    fitted = detector(backbone, radius=1, n_centroids=0, test_neighbourhood="min")
+    fitted.fit_features(random_features(4, 6, 5, 5, seed=1))
+    with pytest.raises(ValueError, match="do not match the fitted grid"):
+        fitted.mahalanobis(random_features(1, 6, 5, 4, seed=2))

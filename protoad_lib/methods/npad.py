@@ -259,6 +259,7 @@ class NPad(AnomalyDetector):
         `neighbourhood`: "pooled" or "min" instead of `test_neighbourhood`."""
         if (neighbourhood or self.test_neighbourhood) == "pooled" or self.radius == 0:
             return self.gaussian.patch_scores(features)
+        self.gaussian.check_fitted_grid(features)
         return neighbourhood_minimum(features, self.gaussian.mean, self.gaussian.cov_inv, self.radius)
 
     def centroid_distances(self, features: torch.Tensor) -> torch.Tensor:

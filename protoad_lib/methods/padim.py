@@ -154,14 +154,18 @@ class PaDiM(AnomalyDetector):
         return self
 
     # --- scoring --------------------------------------------------------------------------------
-    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+    def check_fitted_grid(self, features: torch.Tensor) -> None:
+        """Raise unless fitted, and on features [B, d, h, w] whose (d, h, w) is not the fitted grid's."""
         if self.mean is None or self.cov_inv is None:
             raise RuntimeError("PaDiM is not fitted: call fit() / fit_features() or load a state first.")
-        batch, channels, height, width = features.shape
-        if (channels, height, width) != tuple(self.mean.shape):
+        if tuple(features.shape[1:]) != tuple(self.mean.shape):
             raise ValueError(
-                f"features of shape {(channels, height, width)} do not match the fitted grid {tuple(self.mean.shape)}"
+                f"features of shape {tuple(features.shape[1:])} do not match the fitted grid {tuple(self.mean.shape)}"
             )
+
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        self.check_fitted_grid(features)
+        batch, channels, height, width = features.shape
         mean = self.mean.to(features.device, features.dtype).view(channels, -1)
         cov_inv = self.cov_inv.to(features.device, features.dtype)
         difference = (features.reshape(batch, channels, -1) - mean).permute(2, 0, 1)  # [L, B, d]
