@@ -1,7 +1,7 @@
 """Paper-scale cost: wall time and peak memory of each notebook on one category of MVTec AD's largest size.
 
 Usage: python benchmarks/paper_scale.py [--backbone wide_resnet50_2@random] [--n-train 391] [--prn-epochs 1]
-       [--json OUT] [--work-dir DIR]
+       [--json OUT] [--work-dir DIR] [--notebooks 02 05 ...]
 
 A synthetic category in the MVTec layout with the train/test sizes of MVTec AD's largest category (391
 train / 110 test images, 256 px) goes through every notebook of the paper profile, one runner process
@@ -199,6 +199,8 @@ def main() -> None:
     parser.add_argument("--json", help="results, written after every notebook; a rerun with the same settings "
                                         "and --work-dir skips the notebooks it holds")
     parser.add_argument("--work-dir", help="keep the data and results here (default: a temporary folder)")
+    parser.add_argument("--notebooks", nargs="+", choices=NOTEBOOKS, default=list(NOTEBOOKS),
+                        help="measure only these (in the order of the series; the projection needs them all)")
     args = parser.parse_args()
     n_images = args.n_train + args.n_test_good + 3 * args.n_test_per_defect
     result: dict = {"backbone": args.backbone, "n_train": args.n_train, "n_test": n_images - args.n_train,
@@ -217,7 +219,7 @@ def main() -> None:
         folder = Path(args.work_dir or temporary)
         data = category(folder, args.n_train, args.n_test_good, args.n_test_per_defect)
         done = {row["notebook"] for row in result["notebooks"]}
-        for number in [n for n in NOTEBOOKS if n not in done]:
+        for number in [n for n in NOTEBOOKS if n in args.notebooks and n not in done]:
             try:
                 row = run_notebook(number, data, folder / "results", args.backbone, args.prn_epochs,
                                    result.setdefault("interrupted", []))
@@ -226,6 +228,8 @@ def main() -> None:
                 raise
             result["notebooks"].append(row)
             record()
+        if {row["notebook"] for row in result["notebooks"]} != set(NOTEBOOKS):
+            return
         result["prn_one_epoch"] = prn_epoch_seconds(data, args.backbone)
         for row in result["notebooks"]:
             if row.get("interrupted_s"):
