@@ -1,9 +1,11 @@
 """PatchCore (methods/patchcore.py) and PaDiM (methods/padim.py): equivalence with slow references, end to end,
 persistence."""
 
+import gc
 import json
 import math
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,20 @@ def test_patchcore_patch_scores_equal_brute_force_nearest_distance(backbone):
     full.fit_features(train)
     assert full.patch_scores(train).abs().max() < 1e-6
 
+
+
+def test_patchcore_holds_its_bank_once_in_the_faiss_index_and_a_view_outlives_the_detector(backbone):
+    bank = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    detector = PatchCore(backbone)
+    detector.set_memory_bank(bank)
+    stored = faiss.rev_swig_ptr(detector._index.get_xb(), 64 * 64)
+    assert detector.memory_bank.data_ptr() == stored.ctypes.data  # the index's own vectors, not a second copy
+    assert torch.equal(detector.memory_bank, bank)
+    rows = detector.memory_bank[10:20]
+    del detector, stored
+    gc.collect()
+    filler = [np.full(64 * 64, 7.0, np.float32) for _ in range(100)]  # would reuse the vectors' memory, were it freed
+    assert torch.equal(rows, bank[10:20])
 
 # --- PaDiM ---------------------------------------------------------------------------------------
 
