@@ -195,6 +195,12 @@ def _wait_for(condition, what: str, limit_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def _default_interrupt() -> None:
+    """In the child, before exec: Ctrl-C's signal as a terminal delivers it, also when the tests run as a background
+    job (whose commands inherit SIGINT ignored: Python would then never raise KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sent, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_ends_predict_with_one_line_and_no_worker_left(sent, status, word, model, category, tmp_path):
     inputs = tmp_path / "inputs"
@@ -209,7 +215,8 @@ def test_a_signal_ends_predict_with_one_line_and_no_worker_left(sent, status, wo
         process = subprocess.Popen(
             [sys.executable, "-m", "protoad_lib.cli", "predict", "--model", str(model), str(inputs), "--out",
              str(out), "--workers", "2", "--batch-size", "2"],
-            stdout=subprocess.DEVNULL, stderr=err, env=os.environ | {"TQDM_DISABLE": "1"})
+            stdout=subprocess.DEVNULL, stderr=err, env=os.environ | {"TQDM_DISABLE": "1"},
+            preexec_fn=_default_interrupt)
     try:
         parent = psutil.Process(process.pid)
         _wait_for(lambda: len(parent.children()) >= 2 and (out / "scores.csv").is_file()
