@@ -6,7 +6,7 @@ Usage: python benchmarks/memory_scaling.py [--sizes 100 300 1000] [--n-test 200]
 
 A synthetic category (MVTec layout, 256 px, resized 256 / cropped 224 as the paper) with max(sizes) training and
 `--n-test` test images is embedded once into a feature cache by the first `protoad evaluate` run (random weights:
-the same network, the same bytes, as ImageNet's). Then, one fresh process per measurement, each in its own memory
+the same network, the same bytes, as ImageNet's; with `--skip-evaluate`, the training split by this script). Then, one fresh process per measurement, each in its own memory
 cgroup limited to `--limit-gib` where the kernel allows one (cgroup v1 or v2; otherwise unlimited, and the table
 says so):
 
@@ -111,7 +111,7 @@ def fit_once(args: argparse.Namespace) -> None:
     train = AnomalyDataset(args.data_root, CATEGORY, "train", resize=256, crop=224)
     stored = FeatureCache(args.cache_dir).load(CacheKey.of("dataset", CATEGORY, "train", backbone, train))
     if stored is None:
-        raise SystemExit("the training split is not in the cache: run the evaluate step first")
+        raise SystemExit("the training split is not in the cache: run the embed step first")
     detector = make_detector(args.child_method, backbone)
     detector.progress = False
     embeddings = stored.subset(range(args.child_n))
@@ -127,6 +127,17 @@ def fit_once(args: argparse.Namespace) -> None:
                       "fitted_size": detector.fitted_size(), "threads": torch.get_num_threads()}))
 
 
+def embed_training_split(backbone_name: str, data_root: Path, cache_dir: Path) -> None:
+    """Embed the training split into the cache in this process, where no evaluate run has put it there yet."""
+    from protoad_lib.backbones import load_backbone
+    from protoad_lib.data import AnomalyDataset
+    from protoad_lib.features import CacheKey, FeatureCache
+
+    backbone = load_backbone(backbone_name, weights="random")
+    train = AnomalyDataset(data_root, CATEGORY, "train", resize=256, crop=224)
+    FeatureCache(cache_dir).get_or_extract(CacheKey.of("dataset", CATEGORY, "train", backbone, train), backbone, train)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 300, 1000])
@@ -136,7 +147,8 @@ def main() -> None:
     parser.add_argument("--limit-gib", type=float, default=10.0)
     parser.add_argument("--work-dir", default="/tmp/protoad_memory_scaling")
     parser.add_argument("--json", default="benchmarks/memory_scaling.json")
-    parser.add_argument("--skip-evaluate", action="store_true", help="only the fits (the cache must exist)")
+    parser.add_argument("--skip-evaluate", action="store_true",
+                        help="only the fits (the training split is embedded into the cache first where it is missing)")
     parser.add_argument("--child-method", help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
@@ -169,6 +181,7 @@ def main() -> None:
             run["metrics"] = json.loads(metrics.read_text()) if run["returncode"] == 0 else None
             run.pop("output")
             record(name, run)
+    embed_training_split(args.backbone, data_root, cache_dir)
     for method in args.methods:
         for n in args.sizes:
             name = f"fit/{method}/{n}"
