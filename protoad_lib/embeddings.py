@@ -28,6 +28,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .heap import release_free_heap
+
 TENSOR_NAME = "embeddings"
 DTYPES = {torch.float32: ("F32", np.float32), torch.float16: ("F16", np.float16)}
 DTYPE_OF_CODE = {code: (dtype, numpy_dtype) for dtype, (code, numpy_dtype) in DTYPES.items()}
@@ -67,6 +69,7 @@ class Embeddings:
         order = np.arange(len(self)) if images is None else np.asarray(torch.as_tensor(images).flatten())
         for start in range(0, len(order), batch_size):
             yield self.read(order[start : start + batch_size], rows, cols)
+            release_free_heap()  # what the consumer made of the chunk it is done with
 
     def gather(self, indices: Sequence[int] | np.ndarray, batch_size: int = CHUNK_IMAGES) -> torch.Tensor:
         """Patch vectors [len(indices), C] (float32) at image-major flat indices, in the order given; images are

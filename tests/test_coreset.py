@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from protoad_lib.methods import GreedyCoresetSampler
@@ -68,3 +69,14 @@ def test_selection_follows_the_algorithm_step_by_step():
         distance = torch.minimum(distance, torch.cdist(points, points[index : index + 1])[:, 0])
         distance[index] = -1.0
     assert chosen.tolist() == expected
+
+
+def test_chunks_select_what_the_whole_matrix_selects_and_must_hold_the_rows_announced():
+    features = torch.randn(300, 48, generator=torch.Generator().manual_seed(1))
+    sampler = GreedyCoresetSampler(fraction=0.1, seed=2, progress=False)
+    uneven = [features[:7], features[7:150], features[150:]]
+    assert torch.equal(sampler.select_from_chunks(uneven, 300), sampler.select(features))
+    with pytest.raises(ValueError, match="hold 299 rows, not the 300"):
+        sampler.select_from_chunks([features[:299]], 300)
+    with pytest.raises(ValueError, match="more than the 200 rows"):
+        sampler.select_from_chunks(uneven, 200)

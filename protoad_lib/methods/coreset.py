@@ -70,29 +70,30 @@ class GreedyCoresetSampler:
         """
         if features.ndim != 2:
             raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
-        return self.select_from_chunks(features.split(self.batch_size), n_samples)
+        return self.select_from_chunks(features.split(self.batch_size), features.shape[0], n_samples)
 
-    def select_from_chunks(self, chunks: Iterable[torch.Tensor], n_samples: int | None = None) -> torch.Tensor:
-        """`select` of the rows of `chunks` ([n_i, D] each, in order) taken together: each chunk is projected as
-        it comes, so only the [N, projection_dim] projection is held (what the greedy loop runs on)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            reduced = self._project(chunks, generator)
-        total = reduced.shape[1]
-        if total == 0:
+    def select_from_chunks(self, chunks: Iterable[torch.Tensor], n_rows: int,
+                           n_samples: int | None = None) -> torch.Tensor:
+        """`select` of the `n_rows` rows of `chunks` ([n_i, D] each, in order) taken together: each chunk is
+        projected as it comes into one [projection_dim, n_rows] buffer, so only the projection is held (what the
+        greedy loop runs on)."""
+        if n_rows <= 0:
             raise ValueError("Cannot select a coreset of zero points.")
         if n_samples is None:
             if self.fraction == 1:
-                return torch.arange(total)
-            n_samples = max(1, int(total * self.fraction))
-        if not 1 <= n_samples <= total:
-            raise ValueError(f"n_samples must be in [1, {total}], got {n_samples}")
+                return torch.arange(n_rows)
+            n_samples = max(1, int(n_rows * self.fraction))
+        if not 1 <= n_samples <= n_rows:
+            raise ValueError(f"n_samples must be in [1, {n_rows}], got {n_samples}")
+        generator = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
-            return self._greedy(reduced, n_samples, generator).cpu()
+            return self._greedy(self._project(chunks, n_rows, generator), n_samples, generator).cpu()
 
-    def _project(self, chunks: Iterable[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """The projected rows of every chunk as columns: [projection_dim, N] (see `_greedy`)."""
-        matrix, parts = None, []
+    def _project(self, chunks: Iterable[torch.Tensor], n_rows: int, generator: torch.Generator) -> torch.Tensor:
+        """The projected rows of every chunk as the columns of one [projection_dim, n_rows] buffer (see `_greedy`),
+        made at the first chunk: the loop then allocates nothing that outlives a chunk, so the heap that the
+        chunks' transient tensors use is reused chunk after chunk instead of fragmenting around kept pieces."""
+        matrix, columns, filled = None, None, 0
         for chunk in chunks:
             device = torch.device(self.device) if self.device is not None else chunk.device
             rows = chunk.to(device, torch.float32)
@@ -101,8 +102,15 @@ class GreedyCoresetSampler:
                     matrix = torch.randn(chunk.shape[1], self.projection_dim, generator=generator)
                     matrix = (matrix / math.sqrt(self.projection_dim)).to(device)
                 rows = rows @ matrix
-            parts.append(rows.T)
-        return torch.cat(parts, dim=1) if parts else torch.empty(self.projection_dim or 0, 0)
+            if columns is None:
+                columns = torch.empty(rows.shape[1], n_rows, device=device)
+            if filled + len(rows) > n_rows:
+                raise ValueError(f"the chunks hold more than the {n_rows} rows announced")
+            columns[:, filled : filled + len(rows)] = rows.T
+            filled += len(rows)
+        if filled != n_rows:
+            raise ValueError(f"the chunks hold {filled} rows, not the {n_rows} announced")
+        return columns
 
     def _greedy(self, columns: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
         """The greedy loop on the points as the columns of [D, N]: each step's product of the newest point with

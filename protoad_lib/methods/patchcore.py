@@ -192,7 +192,8 @@ class PatchCore(AnomalyDetector):
         if self.coreset_fraction == 1:
             self.set_memory_bank(torch.cat([patch_rows(chunk) for chunk in features.chunks()]))
             return self
-        chosen = self.sampler().select_from_chunks(patch_rows(chunk) for chunk in features.chunks())
+        n_rows = features.shape[0] * features.shape[2] * features.shape[3]
+        chosen = self.sampler().select_from_chunks((patch_rows(chunk) for chunk in features.chunks()), n_rows)
         self.set_memory_bank(gather_rows(map(patch_rows, features.chunks()), chosen.cpu(), features.shape[1]))
         return self
 

@@ -87,7 +87,7 @@ def subsample_indices(
     from ..coreset import GreedyCoresetSampler
 
     sampler = GreedyCoresetSampler(seed=seed)
-    return np.sort(sampler.select_from_chunks(chunks, n_samples=max_vectors).numpy())
+    return np.sort(sampler.select_from_chunks(chunks, n_vectors, n_samples=max_vectors).numpy())
 
 
 def first_neighbours(vectors: np.ndarray, index: str = "exact", batch_size: int = 8192,
