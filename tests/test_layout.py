@@ -8,7 +8,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "protoad_lib"
 #: Lowest first; a module may import its own floor and the floors below.
 FLOORS = [
-    {"atomic", "progress", "measure", "machine", "resume", "data", "embeddings"},
+    {"atomic", "progress", "measure", "machine", "heap", "resume", "data", "embeddings"},
     {"backbones", "postprocess", "metrics", "overlays"},
     {"features", "categories"},
     {"methods"},
