@@ -6,9 +6,9 @@ Usage: python benchmarks/memory_scaling.py [--sizes 100 300 1000] [--n-test 200]
 
 A synthetic category (MVTec layout, 256 px, resized 256 / cropped 224 as the paper) with max(sizes) training and
 `--n-test` test images is embedded once into a feature cache by the first `protoad evaluate` run (random weights:
-the same network, the same bytes, as ImageNet's; with `--skip-evaluate`, the training split by this script). Then, one fresh process per measurement, each in its own memory
-cgroup limited to `--limit-gib` where the kernel allows one (cgroup v1 or v2; otherwise unlimited, and the table
-says so):
+the same network, the same bytes, as ImageNet's; with `--skip-evaluate`, the training split by this script). Then,
+one fresh process per measurement, each in its own memory cgroup limited to `--limit-gib` where the kernel allows one
+(cgroup v1 or v2; otherwise unlimited, and the table says so):
 
 - `evaluate`: `protoad evaluate --weights random --cache-dir ...` of every method on the whole category (the
   training and test splits read from the cache, the metrics computed);
@@ -97,19 +97,27 @@ def run_limited(command: list[str], limit_gib: float, name: str) -> dict:
             "limit_gib": limit_gib if group.path is not None else None, "output": output}
 
 
+def training_split(backbone_name: str, data_root: str | Path):
+    """The backbone (random weights), the training split at the paper geometry and its feature-cache key."""
+    from protoad_lib.backbones import load_backbone
+    from protoad_lib.data import AnomalyDataset
+    from protoad_lib.features import CacheKey
+
+    backbone = load_backbone(backbone_name, weights="random")
+    train = AnomalyDataset(data_root, CATEGORY, "train", resize=256, crop=224)
+    return backbone, train, CacheKey.of("dataset", CATEGORY, "train", backbone, train)
+
+
 def fit_once(args: argparse.Namespace) -> None:
     """Child: fit `--child-method` on the first `--child-n` cached training images; print one JSON line."""
     import torch
 
-    from protoad_lib.backbones import load_backbone
-    from protoad_lib.data import AnomalyDataset
-    from protoad_lib.features import CacheKey, FeatureCache
+    from protoad_lib.features import FeatureCache
     from protoad_lib.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
     from protoad_lib.methods import make_detector
 
-    backbone = load_backbone(args.backbone, weights="random")
-    train = AnomalyDataset(args.data_root, CATEGORY, "train", resize=256, crop=224)
-    stored = FeatureCache(args.cache_dir).load(CacheKey.of("dataset", CATEGORY, "train", backbone, train))
+    backbone, train, key = training_split(args.backbone, args.data_root)
+    stored = FeatureCache(args.cache_dir).load(key)
     if stored is None:
         raise SystemExit("the training split is not in the cache: run the embed step first")
     detector = make_detector(args.child_method, backbone)
@@ -129,13 +137,10 @@ def fit_once(args: argparse.Namespace) -> None:
 
 def embed_training_split(backbone_name: str, data_root: Path, cache_dir: Path) -> None:
     """Embed the training split into the cache in this process, where no evaluate run has put it there yet."""
-    from protoad_lib.backbones import load_backbone
-    from protoad_lib.data import AnomalyDataset
-    from protoad_lib.features import CacheKey, FeatureCache
+    from protoad_lib.features import FeatureCache
 
-    backbone = load_backbone(backbone_name, weights="random")
-    train = AnomalyDataset(data_root, CATEGORY, "train", resize=256, crop=224)
-    FeatureCache(cache_dir).get_or_extract(CacheKey.of("dataset", CATEGORY, "train", backbone, train), backbone, train)
+    backbone, train, key = training_split(backbone_name, data_root)
+    FeatureCache(cache_dir).get_or_extract(key, backbone, train)
 
 
 def main() -> None:
